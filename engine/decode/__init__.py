@@ -1,0 +1,51 @@
+"""Read a radiograph from bytes or a path, whatever its extension says.
+
+``read_image`` sniffs the content (DICOM preamble or tags, JPEG and PNG signatures) and hands it to
+the DICOM reader (pydicom) or the raster reader (OpenCV). It returns a :class:`DecodedImage` or
+raises an :class:`ImageReadError` subclass whose message names the file and the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from engine.decode.raster import read_raster
+from engine.decode.sniff import sniff_format
+from engine.errors import EmptyFileError, ImageReadError, UnsupportedFormatError
+from engine.image import DecodedImage
+
+Source = Union[bytes, bytearray, memoryview, str, Path]
+
+
+def read_bytes(source: Source, name: Optional[str] = None) -> tuple[bytes, str]:
+    """Return the file's bytes and the name used in messages."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), name or "<bytes>"
+    path = Path(source)
+    label = name or str(path)
+    try:
+        return path.read_bytes(), label
+    except FileNotFoundError:
+        raise ImageReadError(label, "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(label, "is a folder, not a file") from None
+    except OSError as exc:
+        raise ImageReadError(label, f"cannot be read ({exc.strerror or exc})") from None
+
+
+def read_image(source: Source, name: Optional[str] = None) -> DecodedImage:
+    """Decode DICOM, JPEG or PNG content into grayscale float32 pixels in [0, 1]."""
+    data, label = read_bytes(source, name)
+    if not data:
+        raise EmptyFileError(label, "the file is empty (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt == "dicom":
+        from engine.decode.dicom import read_dicom  # pydicom is imported only when needed
+        return read_dicom(data, label)
+    if fmt in ("jpeg", "png"):
+        return read_raster(data, label, fmt)
+    raise UnsupportedFormatError(label, f"not a DICOM, JPEG or PNG image ({fmt})")
+
+
+__all__ = ["read_image", "read_bytes", "sniff_format", "Source"]
