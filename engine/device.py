@@ -77,3 +77,21 @@ def select_policy(prefer: str | None = None) -> DevicePolicy:
     if prefer == "float32" or not cpu_supports_bf16():
         return plain_policy("cpu") if prefer == "float32" else DevicePolicy(torch.device("cpu"), None, True)
     return DevicePolicy(torch.device("cpu"), torch.bfloat16, True)
+
+
+def hardware_summary(policy: DevicePolicy | None = None) -> dict:
+    """CPU/GPU model, core count and library versions, for model cards and benchmark reports."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "cpu_bf16": cpu_supports_bf16(), "gpu": None}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    if policy is not None:
+        info["policy"] = policy.label
+    return info

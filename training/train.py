@@ -1,0 +1,326 @@
+"""Train a chest X-ray classifier and write an engine checkpoint.
+
+    python -m training.train --data-dir ../shared/data/kermany224 --out runs/NAME
+    torchrun --nproc_per_node=2 -m training.train ...      # data-parallel (DDP)
+
+The run folder holds ``best/`` and ``last/`` (engine checkpoints: weights + model card +
+``val_predictions.csv``), ``resume.safetensors`` (+ ``.json``) for ``--resume``,
+``metrics.jsonl``, TensorBoard logs, ``split.json`` (the exact patient-wise split) and the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+from tqdm import tqdm
+
+from engine import metrics
+from engine.checkpoint import ModelCard, save_checkpoint
+from engine.device import hardware_summary, select_policy
+from engine.preprocess import Preprocessing
+from models import ARCHITECTURES, build_model
+from training import data as ds
+from training.augment import AugmentConfig
+from training.cache import decode_samples
+from training.losses import build_loss
+from training.loop import BatchCollator, predict_logits, train_one_epoch
+from training.report import write_curves, write_predictions_csv
+from training.state import load_state, save_state
+
+log = logging.getLogger("training")
+DEFAULT_THRESHOLD_RULE = "sensitivity>=0.97"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="folder SPLIT/CLASS/files or CLASS/files, or a CSV manifest (path,label[,patient_id])")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--arch", default="resnet18_cbam", choices=sorted(ARCHITECTURES))
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--scheduler", choices=["cosine", "plateau"], default="cosine")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--in-channels", type=int, choices=[1, 3], default=1)
+    p.add_argument("--intensity", choices=["zscore", "imagenet", "unit"], default="zscore")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", help="a run folder or its resume.safetensors to continue from")
+    p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights on disk")
+    p.add_argument("--limit", type=int, default=0, help="use at most N training images (quick runs)")
+    p.add_argument("--train-splits", default="train,val", help="folder splits pooled before the patient-wise split")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--loss", choices=["weighted_ce", "ce", "focal"], default="weighted_ce")
+    p.add_argument("--sampler", choices=["shuffle", "balanced"], default="shuffle")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.998, help="EMA decay of the weights per step (0: off)")
+    p.add_argument("--grad-clip", type=float, default=2.0)
+    p.add_argument("--patience", type=int, default=4, help="early stopping on validation AUC (epochs)")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips (off: anatomy is asymmetric)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (augmentation)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
+    p.add_argument("--precision", choices=["auto", "float32"], default="auto")
+    p.add_argument("--threshold-rule", default=DEFAULT_THRESHOLD_RULE,
+                   help="how the decision threshold is chosen on validation: youden, sensitivity>=X, specificity>=X, fixed:X")
+    p.add_argument("--half-weights", action="store_true", help="store weights as float16 (half the size)")
+    p.add_argument("--name", default="", help="model name for the card")
+    return p
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _setup_distributed(policy_device: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if policy_device == "cuda" else "gloo")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": torch.from_numpy(np.random.get_state()[1].copy()),
+            "numpy_pos": int(np.random.get_state()[2]), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+    np.random.set_state(("MT19937", s["numpy"].numpy(), s["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(s["torch"])
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return f
+
+
+def prepare_data(args) -> tuple[list[ds.Sample], list[ds.Sample], dict]:
+    """Index, de-duplicate, split by patient (or reuse the recorded split on resume)."""
+    splits = [s for s in args.train_splits.split(",") if s]
+    samples = ds.index_dataset(args.data_dir, splits)
+    samples, dropped = ds.drop_duplicates(samples)
+    train, val = ds.patient_split(samples, args.val_fraction, args.seed)
+    if args.limit:
+        rng = random.Random(args.seed)
+        train = rng.sample(train, min(args.limit, len(train)))
+        val = rng.sample(val, min(max(args.limit // 4, 8), len(val)))
+    summary = {"data_dir": str(args.data_dir), "pooled_splits": splits,
+               "duplicates_dropped": len(dropped), "train": ds.counts(train), "val": ds.counts(val),
+               "split_rule": f"patient-wise, stratified by class, val_fraction={args.val_fraction}, seed={args.seed}"}
+    return train, val, summary
+
+
+def _write_split(out: Path, train, val) -> None:
+    rel = lambda s: {"path": str(s.path), "label": s.label, "patient": s.patient_id}
+    (out / "split.json").write_text(json.dumps({"train": [rel(s) for s in train],
+                                                "val": [rel(s) for s in val]}, indent=0))
+
+
+def _finalise(model, card: ModelCard, out_dir: Path, val_logits: torch.Tensor, val_samples,
+              rule: str, half: bool) -> dict:
+    """Calibrate (temperature), choose the threshold on validation, write checkpoint + predictions."""
+    y = np.array([s.label for s in val_samples])
+    z = (val_logits[:, 1] - val_logits[:, 0]).numpy().astype(np.float64)
+    temperature = metrics.fit_temperature(z, y) if len(set(y)) == 2 else 1.0
+    prob = 1 / (1 + np.exp(-z / temperature))
+    op = metrics.choose_threshold(y, prob, rule)
+    card.temperature, card.threshold = float(temperature), float(op.threshold)
+    card.threshold_rule = f"{rule} on the patient-wise validation split (after temperature scaling)"
+    summary = metrics.summarize(y, prob, op.threshold)
+    card.extra["validation"] = summary
+    save_checkpoint(model, card, out_dir, half=half)
+    write_predictions_csv(out_dir / "val_predictions.csv", [s.path.name for s in val_samples], y, prob)
+    return summary
+
+
+def _update_best_card(best_dir: Path, training_info: dict) -> None:
+    """The best checkpoint was written mid-run: record how the whole run ended in its card."""
+    path = best_dir / "model_card.json"
+    if path.is_file():
+        card = json.loads(path.read_text())
+        card.setdefault("training", {}).update(
+            {k: training_info[k] for k in ("epochs_run", "train_seconds") if k in training_info})
+        path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+def main(args: argparse.Namespace) -> Path:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    policy = select_policy(args.precision)
+    _setup_distributed(policy.device.type)
+    rank, world = _rank(), (dist.get_world_size() if dist.is_initialized() else 1)
+    if policy.device.type == "cuda" and world > 1:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    out = Path(args.out)
+    resume = None
+    if args.resume:
+        rpath = Path(args.resume)
+        rpath = rpath / "resume.safetensors" if rpath.is_dir() else rpath
+        if not rpath.is_file():
+            raise SystemExit(f"--resume: no resume state at {rpath}")
+        resume = load_state(rpath)
+    _seed_everything(args.seed + rank)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    prep = Preprocessing(args.image_size, args.in_channels, args.intensity)
+    train, val, data_summary = prepare_data(args)
+    t0 = time.perf_counter()
+    train_x, train = decode_samples(train, prep)
+    val_x, val = decode_samples(val, prep)
+    train_y = torch.tensor([s.label for s in train])
+    if rank == 0:
+        _write_split(out, train, val)
+        log.info("decoded %d train + %d val images once in %.1fs (%s)", len(train), len(val),
+                 time.perf_counter() - t0, policy.label)
+
+    model = policy.prepare_model(build_model(args.arch, in_channels=args.in_channels,
+                                             pretrained=args.pretrained))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if args.compile:
+        net = torch.compile(net)
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    loss_fn = build_loss(args.loss, train_y, args.label_smoothing).to(policy.device)
+    scaler = torch.amp.GradScaler("cuda") if policy.autocast_dtype == torch.float16 else None
+
+    augment = None if args.no_augment else AugmentConfig(hflip=args.hflip)
+    collate = BatchCollator(train_x, train_y, prep, augment)
+    g = torch.Generator().manual_seed(args.seed)
+    if world > 1:
+        sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, seed=args.seed)
+    elif args.sampler == "balanced":
+        w = (1.0 / torch.bincount(train_y).float())[train_y]
+        sampler = WeightedRandomSampler(w, len(train), generator=g)
+    else:
+        sampler = RandomSampler(range(len(train)), generator=g)
+    loader = DataLoader(range(len(train)), batch_size=args.batch_size, sampler=sampler,
+                        collate_fn=collate, num_workers=args.workers, drop_last=len(train) > args.batch_size,
+                        pin_memory=policy.device.type == "cuda", persistent_workers=args.workers > 0)
+    steps_per_epoch = len(loader)
+    if args.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)))
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
+
+    start_epoch, best, history, stale, train_seconds = 0, {"auc": -1.0, "loss": 1e9, "epoch": -1}, [], 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        if ema is not None and "ema" in resume:
+            ema.load_state_dict(resume["ema"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        start_epoch, best, history, stale = resume["epoch"] + 1, resume["best"], resume["history"], resume["stale"]
+        train_seconds = resume.get("train_seconds", 0.0)
+        g.set_state(resume["sampler_rng"])
+        _set_rng_state(resume["rng"])
+        log.info("resumed from epoch %d", resume["epoch"] + 1)
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tensorboard"))
+    eval_model = ema.module if ema is not None else model
+    card = ModelCard(architecture=args.arch, preprocessing=prep, name=args.name or args.arch,
+                     extra={"training": {**data_summary, "epochs_planned": args.epochs,
+                                         "batch_size": args.batch_size * world, "lr": args.lr,
+                                         "weight_decay": args.weight_decay, "scheduler": args.scheduler,
+                                         "loss": args.loss, "label_smoothing": args.label_smoothing,
+                                         "sampler": args.sampler, "ema_decay": args.ema,
+                                         "augmentation": augment.as_dict() if augment else None,
+                                         "pretrained": args.pretrained, "seed": args.seed,
+                                         "world_size": world},
+                            "hardware": hardware_summary(policy)})
+    val_y = np.array([s.label for s in val])
+
+    for epoch in range(start_epoch, args.epochs):
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        bar = tqdm(total=len(loader) * args.batch_size, desc=f"epoch {epoch + 1}/{args.epochs}",
+                   unit="img", disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
+        stats = train_one_epoch(net, loader, loss_fn, optimizer, policy,
+                                step_scheduler=scheduler.step if args.scheduler == "cosine" else None,
+                                ema=ema, grad_clip=args.grad_clip, scaler=scaler,
+                                progress=lambda n, l: (bar.update(n), bar.set_postfix(loss=f"{l:.3f}")))
+        bar.close()
+        train_seconds += stats["train_seconds"]
+        logits = predict_logits(eval_model, val_x, prep, policy)
+        val_loss = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(val_y)).item())
+        prob = torch.softmax(logits, 1)[:, 1].numpy()
+        auc = metrics.roc_auc(val_y, prob)
+        at_half = metrics.confusion_at(val_y, prob, 0.5)
+        if args.scheduler == "plateau":
+            scheduler.step(auc)
+        row = {"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_auc": auc,
+               "val_sensitivity@0.5": at_half.sensitivity, "val_specificity@0.5": at_half.specificity,
+               "lr": optimizer.param_groups[0]["lr"]}
+        history.append(row)
+        improved = auc > best["auc"] + 1e-4 or (abs(auc - best["auc"]) <= 1e-4 and val_loss < best["loss"])
+        if improved:
+            best, stale = {"auc": auc, "loss": val_loss, "epoch": epoch + 1}, 0
+        else:
+            stale += 1
+        if rank == 0:
+            log.info("epoch %d: loss %.4f, val loss %.4f, val AUC %.4f, sens %.3f / spec %.3f @0.5, %.1f img/s",
+                     epoch + 1, stats["train_loss"], val_loss, auc, at_half.sensitivity,
+                     at_half.specificity, stats["train_images_per_s"])
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            for k, v in row.items():
+                if k != "epoch":
+                    writer.add_scalar(k.replace("@", "_at_"), v, epoch + 1)
+            card.extra["training"].update(epochs_run=epoch + 1, best_epoch=best["epoch"],
+                                          train_seconds=round(train_seconds, 1))
+            if improved:
+                _finalise(eval_model, card, out / "best", logits, val, args.threshold_rule, args.half_weights)
+            save_state({"model": model.state_dict(), "ema": ema.state_dict() if ema else {},
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "epoch": epoch, "best": best, "history": history, "stale": stale,
+                        "train_seconds": train_seconds, "sampler_rng": g.get_state(),
+                        "rng": _rng_state(), "args": vars(args)}, out / "resume.safetensors")
+        if stale >= args.patience:
+            if rank == 0:
+                log.info("early stop: validation AUC has not improved for %d epochs", stale)
+            break
+    if rank == 0:
+        _finalise(eval_model, card, out / "last", predict_logits(eval_model, val_x, prep, policy),
+                  val, args.threshold_rule, args.half_weights)
+        write_curves(history, out)
+        _update_best_card(out / "best", card.extra["training"])
+        writer.close()
+        log.info("best epoch %d (val AUC %.4f); checkpoint in %s", best["epoch"], best["auc"], out / "best")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return out / "best"
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
