@@ -8,6 +8,7 @@ intended use). Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -27,7 +28,9 @@ CARD_VERSION = 1
 INTENDED_USE = ("Decision support and research only: flags chest radiographs for review and shows "
                 "where the network looked. It is not a diagnostic device and has not been cleared "
                 "by any regulator; a clinician makes every diagnosis.")
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "models" / "default"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "models" / "default"
+# $CXR_MODEL_DIR points every entry point (CLI, dashboard) at another checkpoint folder.
+DEFAULT_MODEL_DIR = Path(os.environ.get("CXR_MODEL_DIR") or SHIPPED_MODEL_DIR)
 
 
 @dataclass

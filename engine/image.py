@@ -26,6 +26,9 @@ class StudyMetadata:
     transfer_syntax: Optional[str] = None
     rows: Optional[int] = None
     columns: Optional[int] = None
+    number_of_frames: Optional[int] = None  # DICOM multi-frame: only the first frame is read
+    sop_class: Optional[str] = None         # e.g. "Digital X-Ray Image Storage - For Presentation"
+    decoder: Optional[str] = None           # pydicom pixel-data plugin used: "pylibjpeg", "gdcm", ...
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and v != ""}

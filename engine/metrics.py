@@ -217,10 +217,10 @@ def threshold_youden(labels, scores) -> float:
     y, s = _as_arrays(labels, scores)
     if y.size == 0 or y.min() == y.max():
         raise ValueError("Youden's J needs both classes in the labels")
-    fpr, tpr, thr = roc_curve(y, s)
-    j = tpr - fpr
-    best = int(np.argmax(j[1:])) + 1  # skip the +inf point
-    return float(thr[best])
+    tps, fps, thr = _ranked_counts(y, s)
+    n_pos = int(y.sum())
+    j_scaled = tps * (y.size - n_pos) - fps * n_pos  # J * n_pos * n_neg, exact in integers
+    return float(thr[int(np.argmax(j_scaled))])  # first maximum = highest threshold
 
 
 _RULE_FORMS = ('"youden"', '"sensitivity>=0.95"', '"specificity>=0.90"', '"fixed:0.5"')
@@ -279,9 +279,11 @@ def choose_threshold(labels, scores, rule: str) -> OperatingPoint:
     if kind == "youden":
         name, thr = "Youden's J", threshold_youden(labels, scores)
     elif kind == "sensitivity":
-        name, thr = f"Sensitivity ≥ {_fmt(value)}", threshold_for_sensitivity(labels, scores, value)
+        name = f"Sensitivity ≥ {_fmt(value)}"
+        thr = threshold_for_sensitivity(labels, scores, value)
     elif kind == "specificity":
-        name, thr = f"Specificity ≥ {_fmt(value)}", threshold_for_specificity(labels, scores, value)
+        name = f"Specificity ≥ {_fmt(value)}"
+        thr = threshold_for_specificity(labels, scores, value)
     else:
         name, thr = f"Fixed {_fmt(value)}", float(value)
     return OperatingPoint(name=name, rule=str(rule).strip(), threshold=thr,
@@ -289,7 +291,7 @@ def choose_threshold(labels, scores, rule: str) -> OperatingPoint:
 
 
 def operating_points(labels, scores) -> dict[str, OperatingPoint]:
-    """The standard presets keyed by rule: Youden's J, sensitivity ≥ 0.95, specificity ≥ 0.90."""
+    """The standard presets keyed by rule: Youden's J, sensitivity ≥ 0.95, specificity ≥ 0.9."""
     return {rule: choose_threshold(labels, scores, rule) for rule in PRESET_RULES}
 
 
@@ -462,7 +464,8 @@ def summarize(labels, scores, threshold: float, n_resamples: int = 1000, seed: i
     return {
         "auc": roc_auc(y, s),
         "average_precision": average_precision(y, s),
-        **{k: getattr(c, k) for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")},
+        **{k: getattr(c, k)
+           for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")},
         "threshold": float(threshold),
         "n": int(y.size),
         "n_positive": n_pos,
@@ -486,7 +489,8 @@ def _logit_diff(logits: np.ndarray) -> np.ndarray:
     if z.ndim == 2 and z.shape[1] == 1:
         return z[:, 0]
     if z.ndim != 1:
-        raise ValueError(f"expected logit differences (n,) or two-class logits (n, 2), got {z.shape}")
+        raise ValueError("expected logit differences (n,) or two-class logits (n, 2), "
+                         f"got shape {z.shape}")
     return z
 
 

@@ -144,7 +144,11 @@ def _finalise(model, card: ModelCard, out_dir: Path, val_logits: torch.Tensor, v
     """Calibrate (temperature), choose the threshold on validation, write checkpoint + predictions."""
     y = np.array([s.label for s in val_samples])
     z = (val_logits[:, 1] - val_logits[:, 0]).numpy().astype(np.float64)
-    temperature = metrics.fit_temperature(z, y) if len(set(y)) == 2 else 1.0
+    both_classes = len(set(y.tolist())) == 2
+    if not both_classes:
+        log.warning("validation holds one class only: temperature 1 and threshold 0.5 (rule '%s' not applied)", rule)
+        rule = "fixed:0.5"
+    temperature = metrics.fit_temperature(z, y) if both_classes else 1.0
     prob = 1 / (1 + np.exp(-z / temperature))
     op = metrics.choose_threshold(y, prob, rule)
     card.temperature, card.threshold = float(temperature), float(op.threshold)
@@ -282,7 +286,7 @@ def main(args: argparse.Namespace) -> Path:
                "val_sensitivity@0.5": at_half.sensitivity, "val_specificity@0.5": at_half.specificity,
                "lr": optimizer.param_groups[0]["lr"]}
         history.append(row)
-        improved = auc > best["auc"] + 1e-4 or (abs(auc - best["auc"]) <= 1e-4 and val_loss < best["loss"])
+        improved = best["epoch"] < 0 or auc > best["auc"] + 1e-4 or (abs(auc - best["auc"]) <= 1e-4 and val_loss < best["loss"])
         if improved:
             best, stale = {"auc": auc, "loss": val_loss, "epoch": epoch + 1}, 0
         else:

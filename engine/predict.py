@@ -1,0 +1,127 @@
+"""Batch prediction from the command line.
+
+    python -m engine.predict PATH [PATH ...] --out results.csv [--checkpoint DIR]
+                             [--threshold T] [--heatmaps DIR]
+
+PATH: files, folders (recursive) or ZIP archives. One CSV row per input file; unreadable files get
+``status=error`` and a message, and the rest of the batch still runs. Exit code 0 when the batch
+ran (even with refused files); 2 for a usage error; 3 when the model cannot be loaded.
+No patient identifiers are written unless ``--include-identifiers`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from engine.checkpoint import DEFAULT_MODEL_DIR
+from engine.errors import CheckpointError
+from engine.sources import iter_inputs
+
+CSV_COLUMNS = ["file", "status", "message", "probability", "flagged", "threshold", "model",
+               "warnings", "modality", "view_position", "sha256"]
+IDENTIFIER_COLUMNS = ["patient_name", "patient_id", "birth_date", "accession_number", "institution"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or ZIP archives")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--checkpoint", default=str(DEFAULT_MODEL_DIR), help="checkpoint folder (default: the shipped model)")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
+    p.add_argument("--heatmaps", help="folder for one PNG per readable file: original | Grad-CAM overlay")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--include-identifiers", action="store_true", help="add patient identifier columns (off by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def safe_png_name(name: str, used: set[str]) -> str:
+    """A flat, unique file name for a heatmap: never a path, so nothing lands outside the folder."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("\\", "/").strip("/")).strip("._") or "image"
+    stem = stem[-150:]
+    candidate, i = f"{stem}.png", 1
+    while candidate in used:
+        i += 1
+        candidate = f"{stem}_{i}.png"
+    used.add(candidate)
+    return candidate
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        print(f"error: --threshold must be between 0 and 1, got {args.threshold}", file=sys.stderr)
+        return 2
+    from engine.predictor import Predictor  # torch loads only after the arguments are checked
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"error: cannot load the model: {exc}", file=sys.stderr)
+        return 3
+    threshold = predictor.threshold if args.threshold is None else args.threshold
+    model_label = f"{predictor.card.name} {predictor.card.version}".strip()
+
+    heat_dir, explainer, used = None, None, set()
+    if args.heatmaps:
+        from engine.explain import Explainer
+        heat_dir = Path(args.heatmaps)
+        heat_dir.mkdir(parents=True, exist_ok=True)
+        explainer = Explainer(predictor.model, predictor.card, predictor.policy)
+
+    items = list(iter_inputs(args.paths))
+    bar = tqdm(total=len(items), unit="file", file=sys.stderr, disable=args.quiet, desc="predicting")
+    columns = CSV_COLUMNS + (IDENTIFIER_COLUMNS if args.include_identifiers else [])
+    counts = {"ok": 0, "error": 0, "flagged": 0}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        stream = predictor.predict_stream(items, batch_size=args.batch_size, keep_images=heat_dir is not None,
+                                          progress=lambda done, total: bar.update(done - bar.n), total=len(items))
+        pending = []
+        for pred in stream:
+            counts[pred.status] += 1
+            flagged = pred.ok and pred.probability >= threshold
+            counts["flagged"] += int(flagged)
+            row = {"file": pred.name, "status": pred.status, "message": pred.message,
+                   "probability": f"{pred.probability:.6f}" if pred.ok else "",
+                   "flagged": ("yes" if flagged else "no") if pred.ok else "",
+                   "threshold": f"{threshold:.6f}", "model": model_label,
+                   "warnings": " | ".join(pred.warnings), "modality": pred.metadata.modality or "",
+                   "view_position": pred.metadata.view_position or "", "sha256": pred.sha256}
+            if args.include_identifiers:
+                row.update({k: getattr(pred.identifiers, k) or "" for k in IDENTIFIER_COLUMNS})
+            writer.writerow(row)
+            if explainer is not None and pred.image is not None:
+                pending.append(pred)
+                if len(pending) >= args.batch_size:
+                    _write_heatmaps(explainer, predictor, pending, heat_dir, used)
+        if pending:
+            _write_heatmaps(explainer, predictor, pending, heat_dir, used)
+    bar.close()
+    print(f"{counts['ok'] + counts['error']} files: {counts['ok']} read ({counts['flagged']} flagged at "
+          f"threshold {threshold:.3f}), {counts['error']} refused. Results: {out}", file=sys.stderr)
+    return 0
+
+
+def _write_heatmaps(explainer, predictor, preds: list, folder: Path, used: set[str]) -> None:
+    import cv2
+    from engine.overlay import side_by_side
+    maps = explainer.explain_images([predictor.prep.resize(p.image.pixels) for p in preds])
+    for pred, heat in zip(preds, maps):
+        rgb = side_by_side(pred.image.pixels, heat)
+        cv2.imwrite(str(folder / safe_png_name(pred.name, used)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    preds.clear()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
