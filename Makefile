@@ -1,0 +1,41 @@
+# One command each: `make run` (install and start the dashboard), `make test` (install and run every test).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8501
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test install install-test browser bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -r requirements.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test browser
+
+# Debian's Chromium for the real-browser tests (Playwright must never download its own browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium fonts-liberation; }
+
+run: install
+	$(PY) -m streamlit run dashboard/Home.py --server.port $(PORT)
+
+test: install-test
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m engine.bench
+	$(PY) -m training.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts
