@@ -8,6 +8,7 @@ intended use). Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,14 @@ class ModelCard:
     name: str = ""
     version: str = "0.1.0"
     extra: dict[str, Any] = field(default_factory=dict)  # training, validation, hardware, ...
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if not (0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"decision threshold must be in [0, 1], got {self.threshold}")
+        if len(self.class_names) < 2:
+            raise ValueError(f"need at least 2 class names, got {self.class_names}")
 
     @property
     def positive_index(self) -> int:

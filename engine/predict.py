@@ -60,6 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         print(f"error: --threshold must be between 0 and 1, got {args.threshold}", file=sys.stderr)
         return 2
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+        return 2
     from engine.predictor import Predictor  # torch loads only after the arguments are checked
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint)
@@ -93,9 +96,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             flagged = pred.ok and pred.probability >= threshold
             counts["flagged"] += int(flagged)
             row = {"file": pred.name, "status": pred.status, "message": pred.message,
-                   "probability": f"{pred.probability:.6f}" if pred.ok else "",
+                   "probability": repr(pred.probability) if pred.ok else "",
                    "flagged": ("yes" if flagged else "no") if pred.ok else "",
-                   "threshold": f"{threshold:.6f}", "model": model_label,
+                   "threshold": repr(float(threshold)), "model": model_label,
                    "warnings": " | ".join(pred.warnings), "modality": pred.metadata.modality or "",
                    "view_position": pred.metadata.view_position or "", "sha256": pred.sha256}
             if args.include_identifiers:

@@ -65,7 +65,8 @@ def iter_inputs(paths: Iterable[Union[str, Path]]) -> Iterator[InputItem]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.name))
+            files = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(_is_hidden(part) for part in p.relative_to(path).parts))
             for f in files:
                 yield from _file_items(f, str(f))
         elif path.is_file():

@@ -16,7 +16,7 @@ def write_predictions_csv(path: Path, files: Sequence[str], labels: Sequence[int
         w = csv.writer(f)
         w.writerow(["file", "label", "probability"])
         for name, y, p in zip(files, labels, probabilities):
-            w.writerow([name, int(y), f"{float(p):.6f}"])
+            w.writerow([name, int(y), repr(float(p))])
 
 
 def write_curves(history: list[dict], out: Path) -> None:
@@ -33,7 +33,7 @@ def write_curves(history: list[dict], out: Path) -> None:
     fig.add_trace(go.Scatter(x=epochs, y=[h["val_auc"] for h in history], name="val AUC"), 1, 2)
     fig.add_trace(go.Scatter(x=epochs, y=[h["lr"] for h in history], name="lr"), 1, 3)
     fig.update_layout(template="plotly_white", height=360, width=1100)
-    fig.write_html(out / "training_curves.html", include_plotlyjs="cdn")
+    fig.write_html(out / "training_curves.html", include_plotlyjs="directory")
 
     import matplotlib
     matplotlib.use("Agg")

@@ -37,7 +37,8 @@ from training.augment import AugmentConfig
 from training.cache import decode_samples
 from training.losses import build_loss
 from training.loop import BatchCollator, predict_logits, train_one_epoch
-from training.report import write_curves, write_predictions_csv
+from training.calibrate import calibrate_checkpoint
+from training.report import write_curves
 from training.state import load_state, save_state
 
 log = logging.getLogger("training")
@@ -139,25 +140,24 @@ def _write_split(out: Path, train, val) -> None:
                                                 "val": [rel(s) for s in val]}, indent=0))
 
 
-def _finalise(model, card: ModelCard, out_dir: Path, val_logits: torch.Tensor, val_samples,
-              rule: str, half: bool) -> dict:
-    """Calibrate (temperature), choose the threshold on validation, write checkpoint + predictions."""
-    y = np.array([s.label for s in val_samples])
-    z = (val_logits[:, 1] - val_logits[:, 0]).numpy().astype(np.float64)
-    both_classes = len(set(y.tolist())) == 2
-    if not both_classes:
-        log.warning("validation holds one class only: temperature 1 and threshold 0.5 (rule '%s' not applied)", rule)
-        rule = "fixed:0.5"
-    temperature = metrics.fit_temperature(z, y) if both_classes else 1.0
-    prob = 1 / (1 + np.exp(-z / temperature))
-    op = metrics.choose_threshold(y, prob, rule)
-    card.temperature, card.threshold = float(temperature), float(op.threshold)
-    card.threshold_rule = f"{rule} on the patient-wise validation split (after temperature scaling)"
-    summary = metrics.summarize(y, prob, op.threshold)
-    card.extra["validation"] = summary
+def _finalise(model, card: ModelCard, out_dir: Path, val_samples, rule: str, half: bool) -> dict:
+    """Save the checkpoint, then calibrate it on validation through the engine's predictor."""
     save_checkpoint(model, card, out_dir, half=half)
-    write_predictions_csv(out_dir / "val_predictions.csv", [s.path.name for s in val_samples], y, prob)
-    return summary
+    return calibrate_checkpoint(out_dir, [s.path for s in val_samples], [s.label for s in val_samples], rule)
+
+
+RESUME_MUST_MATCH = ("data_dir", "arch", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
+                     "scheduler", "image_size", "in_channels", "intensity", "seed", "limit",
+                     "train_splits", "val_fraction", "loss", "sampler", "label_smoothing", "ema",
+                     "hflip", "no_augment", "pretrained")
+
+
+def _check_resume_args(saved: dict, now: dict) -> None:
+    """Resuming with other settings would silently change the split or the schedule: refuse."""
+    diffs = [f"--{k.replace('_', '-')} was {saved[k]!r}, now {now[k]!r}"
+             for k in RESUME_MUST_MATCH if k in saved and saved[k] != now.get(k)]
+    if diffs:
+        raise SystemExit("--resume: the run was started with other settings: " + "; ".join(diffs))
 
 
 def _update_best_card(best_dir: Path, training_info: dict) -> None:
@@ -185,6 +185,7 @@ def main(args: argparse.Namespace) -> Path:
         if not rpath.is_file():
             raise SystemExit(f"--resume: no resume state at {rpath}")
         resume = load_state(rpath)
+        _check_resume_args(resume.get("args", {}), vars(args))
     _seed_everything(args.seed + rank)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -219,15 +220,22 @@ def main(args: argparse.Namespace) -> Path:
     g = torch.Generator().manual_seed(args.seed)
     if world > 1:
         sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, seed=args.seed)
+        if args.sampler == "balanced":
+            raise SystemExit("--sampler balanced is not supported with several processes (DDP); use the "
+                             "default class-weighted loss")
     elif args.sampler == "balanced":
         w = (1.0 / torch.bincount(train_y).float())[train_y]
         sampler = WeightedRandomSampler(w, len(train), generator=g)
     else:
         sampler = RandomSampler(range(len(train)), generator=g)
+    per_rank = math.ceil(len(train) / world)
     loader = DataLoader(range(len(train)), batch_size=args.batch_size, sampler=sampler,
-                        collate_fn=collate, num_workers=args.workers, drop_last=len(train) > args.batch_size,
+                        collate_fn=collate, num_workers=args.workers, drop_last=per_rank > args.batch_size,
                         pin_memory=policy.device.type == "cuda", persistent_workers=args.workers > 0)
     steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"no training batches: {len(train)} images over {world} process(es) "
+                         f"with --batch-size {args.batch_size}")
     if args.scheduler == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)))
@@ -267,7 +275,7 @@ def main(args: argparse.Namespace) -> Path:
     for epoch in range(start_epoch, args.epochs):
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
-        bar = tqdm(total=len(loader) * args.batch_size, desc=f"epoch {epoch + 1}/{args.epochs}",
+        bar = tqdm(total=min(len(loader) * args.batch_size, per_rank), desc=f"epoch {epoch + 1}/{args.epochs}",
                    unit="img", disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
         stats = train_one_epoch(net, loader, loss_fn, optimizer, policy,
                                 step_scheduler=scheduler.step if args.scheduler == "cosine" else None,
@@ -303,7 +311,7 @@ def main(args: argparse.Namespace) -> Path:
             card.extra["training"].update(epochs_run=epoch + 1, best_epoch=best["epoch"],
                                           train_seconds=round(train_seconds, 1))
             if improved:
-                _finalise(eval_model, card, out / "best", logits, val, args.threshold_rule, args.half_weights)
+                _finalise(eval_model, card, out / "best", val, args.threshold_rule, args.half_weights)
             save_state({"model": model.state_dict(), "ema": ema.state_dict() if ema else {},
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "epoch": epoch, "best": best, "history": history, "stale": stale,
@@ -314,8 +322,7 @@ def main(args: argparse.Namespace) -> Path:
                 log.info("early stop: validation AUC has not improved for %d epochs", stale)
             break
     if rank == 0:
-        _finalise(eval_model, card, out / "last", predict_logits(eval_model, val_x, prep, policy),
-                  val, args.threshold_rule, args.half_weights)
+        _finalise(eval_model, card, out / "last", val, args.threshold_rule, args.half_weights)
         write_curves(history, out)
         _update_best_card(out / "best", card.extra["training"])
         writer.close()

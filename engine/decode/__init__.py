@@ -1,8 +1,11 @@
 """Read a radiograph from bytes or a path, whatever its extension says.
 
 ``read_image`` sniffs the content (DICOM preamble or tags, JPEG and PNG signatures) and hands it to
-the DICOM reader (pydicom) or the raster reader (OpenCV). It returns a :class:`DecodedImage` or
-raises an :class:`ImageReadError` subclass whose message names the file and the problem.
+the DICOM reader (pydicom, :mod:`engine.decode.dicom`) or the raster reader (OpenCV,
+:mod:`engine.decode.raster`); the extension is never trusted. It returns a :class:`DecodedImage` or
+raises an :class:`ImageReadError` subclass whose message names the file and the problem: empty,
+unsupported format, corrupt, missing pixel data, or too large (declared sizes are checked before
+anything is decoded). No other exception escapes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from typing import Optional, Union
 
 from engine.decode.raster import read_raster
 from engine.decode.sniff import sniff_format
-from engine.errors import EmptyFileError, ImageReadError, UnsupportedFormatError
+from engine.errors import (CorruptImageError, EmptyFileError, ImageReadError, ImageTooLargeError,
+                           UnsupportedFormatError)
 from engine.image import DecodedImage
 
 Source = Union[bytes, bytearray, memoryview, str, Path]
@@ -40,12 +44,22 @@ def read_image(source: Source, name: Optional[str] = None) -> DecodedImage:
     if not data:
         raise EmptyFileError(label, "the file is empty (0 bytes)")
     fmt = sniff_format(data)
-    if fmt == "dicom":
-        from engine.decode.dicom import read_dicom  # pydicom is imported only when needed
-        return read_dicom(data, label)
-    if fmt in ("jpeg", "png"):
+    if fmt not in ("dicom", "jpeg", "png"):
+        raise UnsupportedFormatError(label, f"not a DICOM, JPEG or PNG image ({fmt})")
+    try:
+        if fmt == "dicom":
+            from engine.decode.dicom import read_dicom  # pydicom is imported only when needed
+            return read_dicom(data, label)
         return read_raster(data, label, fmt)
-    raise UnsupportedFormatError(label, f"not a DICOM, JPEG or PNG image ({fmt})")
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageTooLargeError(label, "not enough memory to decode the image") from None
+    except BaseException as exc:  # a decoder's own exception (even a Rust panic) must not escape
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise CorruptImageError(label, f"the {fmt.upper()} data could not be decoded "
+                                       f"({type(exc).__name__})") from None
 
 
 __all__ = ["read_image", "read_bytes", "sniff_format", "Source"]

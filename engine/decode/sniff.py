@@ -1,8 +1,10 @@
 """Detect a file's format from its first bytes, not its name, and read declared image sizes.
 
-The size readers look only at the PNG ``IHDR`` chunk and the JPEG frame header (``SOFn``), so a
-decompression bomb (a few bytes declaring 100,000 x 100,000 pixels) is refused before any decoder
-allocates memory for it. :func:`check_declared_size` is shared with the DICOM reader (Rows x Columns).
+The size readers look only at the PNG ``IHDR`` chunk, the JPEG frame header (``SOFn``) and the
+JPEG 2000 ``SIZ`` segment, so a decompression bomb (a few bytes declaring 100,000 x 100,000 pixels)
+is refused before any decoder allocates memory for it. :func:`check_declared_size` is shared with
+the DICOM reader (Rows x Columns), which also checks compressed fragments with
+``parse_jpeg_header(strict=True)`` before a codec sees them.
 """
 
 from __future__ import annotations
@@ -124,28 +126,50 @@ def png_declared_size(data: bytes, name: str) -> DeclaredSize:
 
 def jpeg_declared_size(data: bytes, name: str) -> DeclaredSize:
     """Width, height and precision from the first JPEG frame header (``SOFn``), skipping APPn/EXIF."""
-    marker, offset = find_jpeg_frame_header(data)
-    if marker is None:
-        raise CorruptImageError(name, "the JPEG data has no frame header (SOF marker): corrupt or truncated")
-    precision = data[offset + 2]
-    height = int.from_bytes(data[offset + 3:offset + 5], "big")
-    width = int.from_bytes(data[offset + 5:offset + 7], "big")
-    label = "SOF55" if marker == 0xF7 else f"SOF{marker - 0xC0}"
-    return DeclaredSize(width=width, height=height, bit_depth=precision, kind=label)
+    try:
+        header = parse_jpeg_header(data)
+    except ValueError as exc:
+        raise CorruptImageError(name, f"the JPEG header is corrupt or truncated ({exc})") from None
+    return DeclaredSize(width=header.width, height=header.height, bit_depth=header.precision,
+                        kind=header.process)
 
 
-def find_jpeg_frame_header(data: bytes) -> tuple[Optional[int], int]:
-    """Return the SOF marker byte and the offset of its segment length, or ``(None, -1)``.
+@dataclass(frozen=True)
+class JpegHeader:
+    """The frame header (SOFn) of a JPEG or JPEG-LS stream."""
 
-    Walks marker segments from SOI; stops at the first frame header, or at SOS/EOI/garbage.
+    marker: int
+    precision: int
+    height: int
+    width: int
+    components: int
+
+    @property
+    def process(self) -> str:
+        return "SOF55 (JPEG-LS)" if self.marker == 0xF7 else f"SOF{self.marker - 0xC0}"
+
+
+def parse_jpeg_header(data: bytes, *, strict: bool = False) -> JpegHeader:
+    """Walk the marker segments after SOI and return the frame header; raise ValueError if broken.
+
+    Lenient (default, for .jpg files): extraneous bytes between segments are skipped as libjpeg
+    does, and the walk stops at the frame header. Strict (for DICOM fragments, before the codec
+    sees them): every segment must follow the previous one, Huffman tables must be consistent, and
+    a scan header (SOS) must follow the frame header. Some decoders (GDCM) crash the process on
+    exactly these defects instead of raising.
     """
     n = len(data)
     if data[:2] != b"\xff\xd8":
-        return None, -1
+        raise ValueError("no start-of-image marker")
+    header: Optional[JpegHeader] = None
     i = 2
     while i < n:
         if data[i] != 0xFF:
-            return None, -1
+            if strict:
+                raise ValueError(f"expected a marker at byte {i}, found 0x{data[i]:02X}")
+            i = data.find(b"\xff", i)   # libjpeg: "extraneous bytes before marker"
+            if i < 0:
+                break
         while i < n and data[i] == 0xFF:   # fill bytes
             i += 1
         if i >= n:
@@ -154,15 +178,71 @@ def find_jpeg_frame_header(data: bytes) -> tuple[Optional[int], int]:
         i += 1
         if marker in _STANDALONE_MARKERS:
             continue
-        if marker in (0xD9, 0xDA) or i + 2 > n:   # EOI or SOS before any frame header
+        if marker == 0x00 or marker == 0xD9:
+            raise ValueError(f"unexpected marker 0xFF{marker:02X} before the image data")
+        if i + 2 > n:
             break
         length = int.from_bytes(data[i:i + 2], "big")
-        if length < 2:
-            break
+        if length < 2 or i + length > n:
+            raise ValueError(f"marker 0xFF{marker:02X} at byte {i - 2} has an invalid length {length}")
+        segment = data[i + 2:i + length]
         if marker in _SOF_MARKERS:
-            return (marker, i) if i + 7 <= n else (None, -1)
+            if header is not None:
+                raise ValueError("two frame headers")
+            header = _frame_header(marker, segment)
+            if not strict:
+                return header
+        elif marker == 0xC4 and strict:
+            _check_huffman_tables(segment)
+        elif marker == 0xDA:
+            if header is None:
+                raise ValueError("scan header (SOS) before any frame header (SOF)")
+            return header
         i += length
-    return None, -1
+    if header is None:
+        raise ValueError("no frame header (SOF marker)")
+    raise ValueError("no scan header (SOS marker)")
+
+
+def _frame_header(marker: int, segment: bytes) -> JpegHeader:
+    if len(segment) < 6:
+        raise ValueError("frame header too short")
+    precision, components = segment[0], segment[5]
+    if not 2 <= precision <= 16:
+        raise ValueError(f"sample precision {precision} bits is impossible")
+    if not 1 <= components <= 4 or len(segment) < 6 + 3 * components:
+        raise ValueError(f"frame header declares {components} components")
+    return JpegHeader(marker=marker, precision=precision, height=int.from_bytes(segment[1:3], "big"),
+                      width=int.from_bytes(segment[3:5], "big"), components=components)
+
+
+def _check_huffman_tables(segment: bytes) -> None:
+    pos = 0
+    while pos < len(segment):
+        if pos + 17 > len(segment) or segment[pos] & 0x0F > 3 or segment[pos] >> 4 > 1:
+            raise ValueError("malformed Huffman table (DHT)")
+        counts = segment[pos + 1:pos + 17]
+        total = sum(counts)
+        # At most 2^k codes of length k (Kraft); 256 symbols at most; the values must fit.
+        if total > 256 or any(c > 2 ** (k + 1) for k, c in enumerate(counts)) or pos + 17 + total > len(segment):
+            raise ValueError("malformed Huffman table (DHT)")
+        pos += 17 + total
+
+
+def j2k_declared_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a JPEG 2000 codestream's SIZ segment (also inside a JP2 wrapper)."""
+    start = 0
+    if data[4:12] == b"jP  \r\n\x87\n":   # JP2 file: find the contiguous codestream box
+        start = data.find(b"jp2c")
+        start = start + 4 if start >= 0 else -1
+    if start < 0 or data[start:start + 4] != b"\xff\x4f\xff\x51" or len(data) < start + 24:
+        raise ValueError("no JPEG 2000 codestream header (SOC, SIZ)")
+    siz = data[start + 6:start + 24]   # Rsiz(2) Xsiz(4) Ysiz(4) XOsiz(4) YOsiz(4)
+    xsiz, ysiz = int.from_bytes(siz[2:6], "big"), int.from_bytes(siz[6:10], "big")
+    xo, yo = int.from_bytes(siz[10:14], "big"), int.from_bytes(siz[14:18], "big")
+    if xo >= xsiz or yo >= ysiz:
+        raise ValueError("impossible image size in the SIZ segment")
+    return xsiz - xo, ysiz - yo
 
 
 def check_declared_size(name: str, width: int, height: int, where: str) -> None:

@@ -1,0 +1,28 @@
+"""Entry point: ``streamlit run dashboard/Home.py``. A router: page config, shared sidebar, pages."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import sidebar
+
+PAGES = (
+    ("views/home.py", "Home", ":material/home:"),
+    ("views/triage.py", "Triage", ":material/format_list_numbered:"),
+    ("views/review.py", "Review", ":material/visibility:"),
+    ("views/performance.py", "Performance & thresholds", ":material/monitoring:"),
+    ("views/compare.py", "Compare models", ":material/compare_arrows:"),
+)
+
+
+def main() -> None:
+    st.set_page_config(page_title="CXR pneumonia triage", page_icon=":material/radiology:",
+                       layout="wide")
+    page = st.navigation([st.Page(path, title=title, icon=icon, default=(i == 0))
+                          for i, (path, title, icon) in enumerate(PAGES)])
+    sidebar.render()
+    page.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Labelled sets for the Performance page and evaluation folders for Compare (no Streamlit).
+
+A labelled set is labels (0 normal, 1 pneumonia) and probabilities from one of: the model's own
+``val_predictions.csv``, an uploaded predictions CSV, or images in class folders (``NORMAL/`` and
+``PNEUMONIA/``, any depth, any case) that the model scores. An evaluation folder is what
+``python -m training.evaluate`` writes: ``metrics.json``, ``predictions.csv`` and optionally the
+checkpoint's ``model_card.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from engine import metrics as M
+
+from dashboard.batch import StudyRecord
+
+DEFAULT_CLASS_NAMES = ("normal", "pneumonia")
+METRIC_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV",
+                "npv": "NPV", "f1": "F1", "accuracy": "Accuracy"}
+COMPARE_COLUMNS = ("auc", "average_precision", "accuracy", "sensitivity", "specificity", "ppv",
+                   "npv", "f1", "threshold", "n")
+
+
+class LabelledDataError(ValueError):
+    """A predictions file or folder that cannot be used as a labelled set (the message says why)."""
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    name: str
+    labels: np.ndarray                  # int 0/1
+    scores: np.ndarray                  # float probabilities of pneumonia
+    files: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()       # "file: reason" for rows/files that were left out
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def n_positive(self) -> int:
+        return int(self.labels.sum())
+
+    @property
+    def both_classes(self) -> bool:
+        return 0 < self.n_positive < self.n
+
+
+def parse_labels(values: Iterable, class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> np.ndarray:
+    """0/1 (numbers or text) or class names (any case) -> int array; anything else is an error."""
+    names = {str(c).strip().lower(): i for i, c in enumerate(class_names)}
+    out, bad = [], []
+    for v in values:
+        text = str(v).strip().lower()
+        if text in names:
+            out.append(names[text])
+            continue
+        try:
+            num = float(text)
+        except ValueError:
+            num = float("nan")
+        if num in (0.0, 1.0):
+            out.append(int(num))
+        else:
+            bad.append(str(v))
+    if bad:
+        shown = ", ".join(repr(b) for b in sorted(set(bad))[:5])
+        raise LabelledDataError(f"label must be 0/1 or one of {', '.join(class_names)}; "
+                                f"got {shown} in {len(bad)} row(s)")
+    return np.asarray(out, dtype=np.int64)
+
+
+def labelled_set_from_csv(source: Union[bytes, str, Path], name: str,
+                          class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> LabelledSet:
+    """A CSV with columns ``label`` and ``probability`` (``file`` optional; names any case)."""
+    try:
+        data = io.BytesIO(source) if isinstance(source, bytes) else source
+        df = pd.read_csv(data)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise LabelledDataError(f"{name}: not a readable CSV file ({exc})") from None
+    cols = {str(c).strip().lower(): c for c in df.columns}
+    missing = [c for c in ("label", "probability") if c not in cols]
+    if missing:
+        raise LabelledDataError(f"{name}: needs columns 'label' and 'probability'; missing "
+                                f"{', '.join(repr(m) for m in missing)} (found: "
+                                f"{', '.join(repr(str(c)) for c in df.columns) or 'none'})")
+    if df.empty:
+        raise LabelledDataError(f"{name}: has a header but no rows")
+    try:
+        labels = parse_labels(df[cols["label"]], class_names)
+    except LabelledDataError as exc:
+        raise LabelledDataError(f"{name}: {exc}") from None
+    scores = pd.to_numeric(df[cols["probability"]], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(scores) | (scores < 0) | (scores > 1)
+    if bad.any():
+        raise LabelledDataError(f"{name}: probability must be a number in [0, 1]; "
+                                f"{int(bad.sum())} row(s) are not (first at row {int(np.argmax(bad)) + 2})")
+    files = tuple(df[cols["file"]].astype(str)) if "file" in cols else ()
+    return LabelledSet(name, labels, scores, files)
+
+
+def val_predictions_set(path: Optional[Path], class_names: Sequence[str] = DEFAULT_CLASS_NAMES
+                        ) -> Optional[LabelledSet]:
+    """The checkpoint's ``val_predictions.csv`` as a labelled set (None when there is none)."""
+    if path is None or not Path(path).is_file():
+        return None
+    return labelled_set_from_csv(Path(path), "validation predictions of the model", class_names)
+
+
+def label_from_path(name: str, class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> Optional[int]:
+    """The class of a file from the nearest folder named after a class (``.../PNEUMONIA/x.jpeg``)."""
+    names = {str(c).strip().lower(): i for i, c in enumerate(class_names)}
+    parts = PurePosixPath(str(name).replace("\\", "/")).parts[:-1]
+    for part in reversed(parts):
+        if part.lower() in names:
+            return names[part.lower()]
+    return None
+
+
+def labelled_set_from_records(records: Iterable[StudyRecord], name: str,
+                              class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> LabelledSet:
+    """Scored records labelled by their class folder; the others are listed in ``skipped``."""
+    labels, scores, files, skipped = [], [], [], []
+    for r in records:
+        label = label_from_path(r.name, class_names)
+        if label is None:
+            skipped.append(f"{r.name}: not inside a folder named {' or '.join(c.upper() for c in class_names)}")
+        elif not r.ok:
+            skipped.append(r.message or f"{r.name}: {r.status}")
+        else:
+            labels.append(label)
+            scores.append(r.probability)
+            files.append(r.name)
+    if not labels:
+        raise LabelledDataError(f"{name}: no readable image inside class folders "
+                                f"({', '.join(c.upper() for c in class_names)}/); {len(skipped)} file(s) skipped")
+    return LabelledSet(name, np.asarray(labels, dtype=np.int64), np.asarray(scores, dtype=float),
+                       tuple(files), tuple(skipped))
+
+
+def metrics_table(ls: LabelledSet, threshold: float, n_resamples: int = 1000, seed: int = 0
+                  ) -> pd.DataFrame:
+    """Metric, value and bootstrap 95% interval at ``threshold`` (engine.metrics, vectorised)."""
+    ci = M.threshold_metrics_with_ci(ls.labels, ls.scores, threshold, n_resamples=n_resamples, seed=seed)
+    return pd.DataFrame([{"metric": METRIC_NAMES[k], "value": v, "ci_low": lo, "ci_high": hi}
+                         for k, (v, lo, hi) in ci.items()])
+
+
+# --------------------------------------------------------------------------- compare
+
+class EvaluationFolderError(ValueError):
+    """A folder that is not an evaluation output (the message names the folder and the file)."""
+
+
+@dataclass(frozen=True)
+class EvaluationFolder:
+    path: Path
+    name: str
+    metrics: dict
+    labels: np.ndarray
+    scores: np.ndarray
+    model: str = ""                     # "<name> <version>" from model_card.json, if present
+    card: dict = field(default_factory=dict)
+
+
+def find_evaluation_folders(root: Union[str, Path]) -> list[Path]:
+    """Sub-folders of ``root`` (one level) that hold a ``metrics.json``, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
+
+
+def load_evaluation_folder(folder: Union[str, Path]) -> EvaluationFolder:
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise EvaluationFolderError(f"'{path}' is not a folder")
+    mfile = path / "metrics.json"
+    if not mfile.is_file():
+        raise EvaluationFolderError(f"'{path}' has no metrics.json: not an output folder of "
+                                    f"python -m training.evaluate")
+    try:
+        metrics = json.loads(mfile.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvaluationFolderError(f"{mfile} is not valid JSON ({exc})") from None
+    if not isinstance(metrics, dict):
+        raise EvaluationFolderError(f"{mfile} must hold a JSON object")
+    pfile = path / "predictions.csv"
+    if not pfile.is_file():
+        raise EvaluationFolderError(f"'{path}' has no predictions.csv (columns file,label,probability)")
+    try:
+        preds = labelled_set_from_csv(pfile, str(pfile))
+    except LabelledDataError as exc:
+        raise EvaluationFolderError(str(exc)) from None
+    card = {}
+    model = f"{metrics.get('model_name') or ''} {metrics.get('model_version') or ''}".strip()
+    cfile = path / "model_card.json"
+    if cfile.is_file():
+        try:
+            card = json.loads(cfile.read_text())
+            model = f"{card.get('name') or card.get('architecture', '')} {card.get('version', '')}".strip()
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            card, model = {}, "(unreadable model_card.json)"
+    return EvaluationFolder(path, path.name, metrics, preds.labels, preds.scores, model, card)
+
+
+def compare_table(evals: Sequence[EvaluationFolder]) -> pd.DataFrame:
+    """One row per evaluation: the metrics.json values, AUC interval, model and folder."""
+    rows = []
+    for e in evals:
+        m = e.metrics
+        ci = m.get("auc_ci_95") or [np.nan, np.nan]
+        row = {"evaluation": e.name, "model": e.model}
+        for c in COMPARE_COLUMNS:
+            v = m.get(c)
+            row[c] = float(v) if isinstance(v, (int, float)) and c != "n" else v
+        row["auc_ci_95"] = (f"{ci[0]:.3f} – {ci[1]:.3f}"
+                            if len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci) else "")
+        data = m.get("data_dir")
+        row["data"] = (f"{Path(str(data)).name}" + (f" / {m['split']}" if m.get("split") else "")) if data else ""
+        row["folder"] = str(e.path)
+        rows.append(row)
+    cols = ["evaluation", "model", "data", "auc", "auc_ci_95", *COMPARE_COLUMNS[1:], "folder"]
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,167 @@
+"""Everything cached across reruns and sessions, and nothing per user.
+
+* ``st.cache_resource``: the predictor and explainer (one per checkpoint folder and file
+  fingerprint, so a replaced checkpoint is reloaded; never mutated), and the prediction cache.
+* ``st.cache_data``: validation predictions, decoded images and raw heatmaps, keyed by content:
+  a file's SHA-256, the model's fingerprint. Users only reach an entry by having the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import streamlit as st
+
+from engine.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, load_val_predictions_path
+from engine.decode import read_image
+from engine.errors import CheckpointError
+from engine.image import DecodedImage
+from engine.review_log import ReviewLog
+from engine.sources import InputItem
+
+from dashboard.batch import PredictionCache
+from dashboard.evaluation import (EvaluationFolder, LabelledSet, labelled_set_from_csv, load_evaluation_folder,
+                                  val_predictions_set)
+from dashboard.imaging import DISPLAY_MAX_PX, fit_within
+from dashboard.state import Preset, build_presets
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EVALUATIONS_DIR = PROJECT_ROOT / "assets" / "evaluations"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A checkpoint folder plus a fingerprint of its files (changes when they are replaced)."""
+
+    path: str
+    fingerprint: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}@{self.fingerprint}"
+
+    @property
+    def is_default(self) -> bool:
+        return Path(self.path) == Path(DEFAULT_MODEL_DIR).resolve()
+
+
+def model_ref(folder: Optional[str] = None) -> ModelRef:
+    """Resolve a checkpoint folder (default: the shipped model) without loading it."""
+    path = Path(folder).expanduser() if folder else Path(DEFAULT_MODEL_DIR)
+    path = path.resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"Checkpoint folder '{path}' does not exist")
+    parts = []
+    for name in (CARD_FILE, WEIGHTS_FILE):
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"'{path}' has no {name}: not a checkpoint folder")
+        st_ = f.stat()
+        parts.append(f"{st_.st_size:x}-{st_.st_mtime_ns:x}")
+    return ModelRef(str(path), ".".join(parts))
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def _load_predictor(path: str, fingerprint: str):
+    from engine.predictor import Predictor      # torch is imported here, once per process
+    return Predictor.from_checkpoint(path)
+
+
+def predictor(ref: ModelRef):
+    return _load_predictor(ref.path, ref.fingerprint)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Preparing Grad-CAM…")
+def _load_explainer(path: str, fingerprint: str):
+    from engine.explain import Explainer
+    p = _load_predictor(path, fingerprint)
+    return Explainer(p.model, p.card, p.policy)
+
+
+def explainer(ref: ModelRef):
+    return _load_explainer(ref.path, ref.fingerprint)
+
+
+@st.cache_resource
+def prediction_cache() -> PredictionCache:
+    return PredictionCache()
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _validation_set(path: str, fingerprint: str, class_names: tuple[str, ...]) -> Optional[LabelledSet]:
+    return val_predictions_set(load_val_predictions_path(path), class_names)
+
+
+def validation_set(ref: ModelRef, class_names) -> Optional[LabelledSet]:
+    """The checkpoint's validation predictions (None if absent; errors are raised)."""
+    return _validation_set(ref.path, ref.fingerprint, tuple(class_names))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def labelled_csv(data: bytes, name: str, class_names: tuple[str, ...]) -> LabelledSet:
+    """An uploaded predictions CSV, parsed once per content (errors are raised, not cached)."""
+    return labelled_set_from_csv(data, name, class_names)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _presets(path: str, fingerprint: str, card_threshold: float, class_names: tuple[str, ...]) -> list[Preset]:
+    try:
+        val = _validation_set(path, fingerprint, class_names)
+    except ValueError:
+        val = None
+    return build_presets(card_threshold, val.labels if val else None, val.scores if val else None)
+
+
+def presets(ref: ModelRef, card, saved: dict[str, float]) -> list[Preset]:
+    base = _presets(ref.path, ref.fingerprint, float(card.threshold), tuple(card.class_names))
+    return base + build_presets(card.threshold, None, None, saved)[1:]
+
+
+@dataclass(frozen=True)
+class StudyImages:
+    """One study ready for review: a display-size copy and the exact model input."""
+
+    display: np.ndarray          # float32 [0, 1], longest side <= DISPLAY_MAX_PX
+    model_input: np.ndarray      # (S, S) float32, the preprocessing's resize of the full image
+    image: DecodedImage          # metadata, identifiers, warnings (pixels dropped)
+
+
+@st.cache_data(max_entries=16, show_spinner="Decoding the image…")
+def study_images(sha256: str, image_size: int, _item: InputItem, _prep) -> StudyImages:
+    """Decode one study (cached by content hash and input size)."""
+    img = read_image(_item.read(), _item.name)
+    model_input = _prep.resize(img.pixels)
+    slim = DecodedImage(img.name, np.empty((0, 0), np.float32), img.metadata, img.identifiers, img.warnings)
+    return StudyImages(fit_within(img.pixels, DISPLAY_MAX_PX), model_input, slim)
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing the heatmap…")
+def heatmap(model_key: str, sha256: str, method: str, _explainer, _model_input: np.ndarray) -> np.ndarray:
+    """The raw (S, S) heatmap of one study for one model and method (cached by content)."""
+    return _explainer.explain_images([_model_input], method=method)[0]
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def evaluation_folder(path: str, stamp: str) -> EvaluationFolder:
+    return load_evaluation_folder(path)
+
+
+def load_evaluation(path: str) -> EvaluationFolder:
+    """An evaluation folder, cached until one of its files changes."""
+    p = Path(path).expanduser()
+    stamp = ""
+    for name in ("metrics.json", "predictions.csv", "model_card.json"):
+        f = p / name
+        if f.is_file():
+            s = f.stat()
+            stamp += f"{name}:{s.st_size}:{s.st_mtime_ns};"
+    return evaluation_folder(str(p), stamp)
+
+
+def review_log() -> ReviewLog:
+    """The review log at ``$CXR_REVIEW_LOG`` (read at each call) or ./review_log.sqlite3."""
+    return ReviewLog(os.environ.get("CXR_REVIEW_LOG") or None)

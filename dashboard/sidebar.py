@@ -1,0 +1,69 @@
+"""The sidebar every page shares: notice, model in use, decision threshold and presets.
+
+Drawn by the entry script (``Home.py``) before the page runs, so its widgets belong to the entry
+script and keep their values when the user moves between pages.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine.checkpoint import DEFAULT_MODEL_DIR
+from engine.errors import CheckpointError
+
+from dashboard import resources, state
+
+NOTICE = ("**Decision support and research only; not a diagnostic device.** It flags chest "
+          "radiographs for review. A clinician makes every diagnosis.")
+
+
+def _model_section() -> resources.ModelRef:
+    st.subheader("Model")
+    folder = st.text_input("Checkpoint folder", key="model_dir", placeholder="shipped default model",
+                           help=f"Leave empty for the shipped model ({DEFAULT_MODEL_DIR}). Or type the "
+                                "path of another checkpoint folder on this machine (model.safetensors "
+                                "+ model_card.json).").strip()
+    ref, pred = None, None
+    if folder:
+        try:
+            ref = resources.model_ref(folder)
+            pred = resources.predictor(ref)
+        except (CheckpointError, OSError) as exc:
+            st.error(f"{exc}. Using the shipped default model instead.")
+            ref = None
+    if ref is None:
+        ref = resources.model_ref(None)
+        pred = resources.predictor(ref)
+    card = pred.card
+    st.markdown(f"**{card.name or card.architecture}** v{card.version}  \n"
+                f"architecture `{card.architecture}` · input {card.preprocessing.image_size} px  \n"
+                f"{'shipped default' if ref.is_default else ref.path}")
+    st.caption(f"Device and precision: {pred.policy.label}")
+    return ref
+
+
+def _threshold_section(ref: resources.ModelRef) -> None:
+    card = resources.predictor(ref).card
+    st.subheader("Decision threshold")
+    state.sync_threshold(ref.key, card.threshold)
+    presets = resources.presets(ref, card, state.saved_operating_points())
+    options = state.register_presets(presets)
+    st.selectbox("Operating point", options, key=state.PRESET, on_change=state.apply_preset,
+                 help="The model card's threshold, points chosen on the model's validation "
+                      "predictions, and any you saved on the Performance page.")
+    st.slider("Threshold (flag when probability ≥ threshold)", 0.0, 1.0, step=0.001, format="%.3f",
+              key=state.THRESHOLD, on_change=state.mark_custom,
+              help="One threshold for every page. Moving it re-flags the worklist at once "
+                   "without running the model again.")
+    st.caption(f"Card threshold {card.threshold:.3f}: {card.threshold_rule or 'rule not stated'}")
+
+
+def render() -> resources.ModelRef:
+    """Draw the sidebar; remember the model in session state; return it."""
+    state.count_run()
+    with st.sidebar:
+        st.info(NOTICE, icon=":material/info:")
+        ref = _model_section()
+        st.session_state[state.MODEL_REF] = ref
+        _threshold_section(ref)
+    return ref

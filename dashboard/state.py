@@ -1,0 +1,139 @@
+"""Per-user state in ``st.session_state``: the shared threshold, presets, the selected study.
+
+One decision threshold serves every page (widget key ``"threshold"``, rendered in the sidebar by
+the entry script so it keeps its value across pages). It starts at the model card's threshold
+and is reset to it when another checkpoint is chosen. Presets are operating points: the card's,
+three computed on the model's validation predictions, and any the user saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import streamlit as st
+
+from engine import metrics as M
+
+THRESHOLD = "threshold"          # slider key
+PRESET = "preset"                # preset selectbox key
+SAVED = "saved_operating_points"  # {name: threshold}
+MODEL_REF = "model_ref"          # the ModelRef the sidebar resolved for this run
+REVIEW_SHA = "review_sha"        # the study open in Review
+TRIAGE_STORE = "triage_store"    # dashboard.batch.sync_batch's store
+CUSTOM = "Custom (slider)"
+_THRESHOLD_MODEL = "_threshold_model"
+_RUN = "_run_no"                 # counts script runs (the sidebar draws on every run)
+_TRIAGE_RUN = "_triage_run"
+_PRESET_VALUES = "_preset_values"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    threshold: float
+    origin: str                  # "card", "validation" or "saved"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} — {self.threshold:.3f}"
+
+
+def build_presets(card_threshold: float, labels: Optional[np.ndarray], scores: Optional[np.ndarray],
+                  saved: Optional[dict[str, float]] = None) -> list[Preset]:
+    """The model card's point, the standard points on the validation set, then saved ones."""
+    out = [Preset("Model card", float(card_threshold), "card")]
+    if labels is not None and scores is not None and len(labels):
+        for rule in M.PRESET_RULES:
+            try:
+                op = M.choose_threshold(labels, scores, rule)
+            except ValueError:           # a class absent from the validation set
+                continue
+            out.append(Preset(op.name, float(min(max(op.threshold, 0.0), 1.0)), "validation"))
+    for name, thr in (saved or {}).items():
+        out.append(Preset(f"Saved: {name}", float(thr), "saved"))
+    return out
+
+
+def sync_threshold(model_key: str, card_threshold: float) -> None:
+    """Start (or, for a newly chosen model, reset) the threshold at the card's value.
+
+    Must run before the slider is drawn.
+    """
+    ss = st.session_state
+    if ss.get(_THRESHOLD_MODEL) != model_key or THRESHOLD not in ss:
+        ss[THRESHOLD] = float(card_threshold)
+        ss[PRESET] = None
+        ss[_THRESHOLD_MODEL] = model_key
+
+
+def register_presets(presets: Sequence[Preset]) -> list[str]:
+    """Remember preset values for the callback; return the selectbox options."""
+    values = {p.label: p.threshold for p in presets}
+    st.session_state[_PRESET_VALUES] = values
+    labels = [CUSTOM, *values]
+    if st.session_state.get(PRESET) is None:
+        card = next((p.label for p in presets if p.origin == "card"), CUSTOM)
+        st.session_state[PRESET] = card
+    elif st.session_state[PRESET] not in labels:
+        st.session_state[PRESET] = CUSTOM
+    return labels
+
+
+def apply_preset() -> None:
+    """Selectbox callback: move the threshold to the chosen operating point."""
+    value = st.session_state.get(_PRESET_VALUES, {}).get(st.session_state.get(PRESET))
+    if value is not None:
+        st.session_state[THRESHOLD] = float(value)
+
+
+def mark_custom() -> None:
+    """Slider callback: a hand-moved threshold is no longer a preset."""
+    st.session_state[PRESET] = CUSTOM
+
+
+def threshold() -> float:
+    return float(st.session_state[THRESHOLD])
+
+
+def saved_operating_points() -> dict[str, float]:
+    return st.session_state.setdefault(SAVED, {})
+
+
+def save_operating_point(name: str, value: float) -> str:
+    """Store the threshold under ``name`` (trimmed, non-empty); return the stored name."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("give the operating point a name")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {value}")
+    saved_operating_points()[name[:60]] = float(value)
+    return name[:60]
+
+
+def count_run() -> None:
+    st.session_state[_RUN] = st.session_state.get(_RUN, 0) + 1
+
+
+def uploader_fresh() -> bool:
+    """True when the previous run was not the Triage page: Streamlit then empties its uploader,
+    which says nothing about what the user wants in the worklist. Call once per Triage run."""
+    run = st.session_state.get(_RUN, 0)
+    fresh = st.session_state.get(_TRIAGE_RUN) != run - 1
+    st.session_state[_TRIAGE_RUN] = run
+    return fresh
+
+
+def triage_store():
+    """The session's :class:`dashboard.batch.BatchStore` (created on first use)."""
+    from dashboard.batch import BatchStore
+    store = st.session_state.get(TRIAGE_STORE)
+    if not isinstance(store, BatchStore):
+        store = st.session_state[TRIAGE_STORE] = BatchStore()
+    return store
+
+
+def model_ref():
+    """The checkpoint the sidebar chose for this run (a ``resources.ModelRef``)."""
+    return st.session_state[MODEL_REF]

@@ -1,0 +1,57 @@
+"""Compare models: metrics and ROC curves of several evaluation folders side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from engine import metrics as M
+
+from dashboard import figures, resources
+from dashboard.evaluation import EvaluationFolderError, compare_table, find_evaluation_folders
+
+
+def render() -> None:
+    st.title("Compare models")
+    st.caption("Each folder is an output of `python -m training.evaluate` (metrics.json, "
+               "predictions.csv, optionally model_card.json). Compare models on the same test set.")
+    found = [str(p) for p in find_evaluation_folders(resources.EVALUATIONS_DIR)]
+    extra = st.text_area("Other evaluation folders (one path per line)", key="cmp_extra",
+                         persist_state="session", height=80)
+    typed = [line.strip() for line in extra.splitlines() if line.strip()]
+    candidates = list(dict.fromkeys(found + [str(Path(t).expanduser()) for t in typed]))
+    if not candidates:
+        st.info(f"No evaluation folders found in {resources.EVALUATIONS_DIR}; type folder paths above.")
+        return
+    chosen = st.multiselect("Evaluations", candidates, default=candidates, key="cmp_pick",
+                            format_func=lambda p: Path(p).name or p)
+    evals = []
+    for path in chosen:
+        try:
+            evals.append(resources.load_evaluation(path))
+        except EvaluationFolderError as exc:
+            st.error(str(exc))
+    if not evals:
+        return
+    for e in evals:
+        for w in e.metrics.get("warnings") or []:
+            st.warning(f"{e.name}: {w}")
+    if len({(x.metrics.get("data_dir"), x.metrics.get("split")) for x in evals}) > 1:
+        st.info("These evaluations ran on different data: compare their numbers with care.")
+    st.dataframe(compare_table(evals), hide_index=True, key="cmp_table", column_config={
+        **{c: st.column_config.NumberColumn(format="%.3f") for c in
+           ("auc", "average_precision", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
+            "threshold")},
+        "auc_ci_95": "AUC 95% CI", "n": st.column_config.NumberColumn("n", format="%d")})
+    curves = {}
+    for e in evals:
+        fpr, tpr, _ = M.roc_curve(e.labels, e.scores)
+        curves[e.name] = (fpr, tpr, M.roc_auc(e.labels, e.scores))
+    st.plotly_chart(figures.compare_roc_figure(curves), key="fig_compare_roc")
+    st.caption("Curves from each folder's predictions.csv; the table from its metrics.json "
+               "(at that evaluation's own threshold).")
+
+
+if __name__ == "__main__":
+    render()

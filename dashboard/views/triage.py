@@ -1,0 +1,118 @@
+"""Triage: upload a batch, get a worklist sorted by probability of pneumonia."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import resources, state, worklist
+from dashboard.batch import MAX_ARCHIVE_BYTES, MAX_FILE_BYTES, MAX_FILES, Upload, fmt_mb, sync_batch
+
+REVIEW_PAGE = "views/review.py"
+
+
+def _open_in_review(sha: str) -> None:
+    st.session_state[state.REVIEW_SHA] = sha
+    st.switch_page(REVIEW_PAGE)
+
+
+def render() -> None:
+    ref = state.model_ref()
+    pred = resources.predictor(ref)
+    thr = state.threshold()
+    model_label = f"{pred.card.name} {pred.card.version}".strip()
+    st.title("Triage")
+    files = st.file_uploader(
+        "Chest radiographs: DICOM (.dcm or no extension), JPEG, PNG, or ZIP archives of them",
+        accept_multiple_files=True, key="uploads",
+        help=f"Up to {MAX_FILES:,} images per batch, {fmt_mb(MAX_FILE_BYTES)} per image, "
+             f"{fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP. The content decides the format, not the extension.")
+    uploads = [Upload(f.file_id, f.name, f.size, f.getvalue) for f in files or []]
+
+    bar = st.empty()
+
+    def progress(done: int, total) -> None:
+        bar.progress(done / max(total or done, 1), text=f"Reading and scoring new files: {done:,} of {total:,}")
+
+    store = state.triage_store()
+    batch = sync_batch(store, uploads, pred, ref.key, resources.prediction_cache(),
+                       worklist.build_worklist, uploader_fresh=state.uploader_fresh(), progress=progress)
+    bar.empty()
+    if batch is None:
+        st.info("Upload files to build a worklist. Each file is scored once; moving the threshold "
+                "only re-flags.")
+        if store.ignored:
+            st.caption("Worklist cleared: the files still shown in the uploader are not in it. "
+                       "Remove them (×) or upload files again to add them.")
+        return
+    df = batch.worklist
+    h1, h2 = st.columns([4, 1], vertical_alignment="center")
+    h1.caption(f"The worklist keeps every file uploaded in this session ({len(df):,}), also after "
+               "you visit other pages. Scored by " + model_label + ".")
+    h2.button("Clear worklist", key="clear_worklist", on_click=store.clear, icon=":material/delete_sweep:")
+
+    c = worklist.counts(df, thr)
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Flagged", f"{c.flagged:,}", help=f"probability ≥ {thr:.3f}")
+    m2.metric("Not flagged", f"{c.not_flagged:,}")
+    m3.metric("Unreadable", f"{c.unreadable:,}", help="could not be read, or refused by a limit")
+    m4.metric("Files", f"{c.total:,}")
+
+    refused = df["status"].eq("refused").sum()
+    if refused:
+        st.warning(f"{refused} file(s) refused by a limit ({MAX_FILES:,} images per batch, "
+                   f"{fmt_mb(MAX_FILE_BYTES)} per image, {fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP); "
+                   "they are listed with the reason.")
+
+    f1, f2 = st.columns([3, 1])
+    show = f1.radio("Show", worklist.VIEWS, horizontal=True, key="wl_view", persist_state="session")
+    thumbs = f2.toggle("Thumbnails", value=True, key="wl_thumbs", persist_state="session")
+    table = worklist.view(df, thr, show, thumbs)
+    event = st.dataframe(
+        table, hide_index=True, key="worklist_table", on_select="rerun", selection_mode="single-row",
+        column_order=[c for c in table.columns if c != "sha256"],
+        column_config={
+            "thumbnail": st.column_config.ImageColumn("", width="small"),
+            "file": st.column_config.TextColumn("File", width="medium"),
+            "probability": st.column_config.ProgressColumn(
+                "P(pneumonia)", min_value=0.0, max_value=1.0, format="%.3f", width="medium"),
+            "flag": st.column_config.TextColumn(f"At {thr:.3f}"),
+            "modality": "Modality", "view_position": "View",
+            "warnings": st.column_config.TextColumn("Warnings", width="medium"),
+            "reason": st.column_config.TextColumn("Unreadable because", width="large"),
+        })
+
+    rows = list(event.selection.rows) if event is not None else []
+    readable = worklist.readable_shas(df)
+    if st.session_state.get("open_study") not in readable:
+        st.session_state.pop("open_study", None)
+    if rows != st.session_state.get("_worklist_rows"):     # a newly selected row picks the study
+        st.session_state["_worklist_rows"] = rows
+        if rows and rows[0] < len(table) and table.iloc[rows[0]]["sha256"] in readable:
+            st.session_state["open_study"] = table.iloc[rows[0]]["sha256"]
+    names = {sha: name for sha, name in zip(df["sha256"], df["file"]) if sha}
+    if readable:
+        o1, o2 = st.columns([3, 1], vertical_alignment="bottom")
+        pick = o1.selectbox("Open a study in Review (or select a row above)", readable, key="open_study",
+                            format_func=lambda s: names.get(s, s[:12]))
+        if o2.button("Open in Review", type="primary", icon=":material/visibility:", key="open_review"):
+            _open_in_review(pick)
+
+    bad = worklist.unreadable(df)
+    if len(bad):
+        with st.expander(f"{len(bad)} file(s) could not be scored", expanded=len(bad) <= 20):
+            st.dataframe(bad, hide_index=True, column_config={
+                "file": "File", "status": "Status", "reason": st.column_config.TextColumn("Reason", width="large")})
+
+    e1, e2 = st.columns([2, 1], vertical_alignment="bottom")
+    with_ids = e1.checkbox("Include patient identifiers in the CSV (names, IDs, birth dates)",
+                           key="export_ids", value=False,
+                           help="Off by default: the export then holds no patient identifier.")
+    e2.download_button(
+        "Download worklist CSV", icon=":material/download:", key="export_csv",
+        data=lambda: worklist.export_csv(df, thr, model_label, with_ids),
+        file_name="worklist_with_identifiers.csv" if with_ids else "worklist.csv", mime="text/csv",
+        on_click="ignore")
+
+
+if __name__ == "__main__":
+    render()

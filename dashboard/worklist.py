@@ -1,0 +1,151 @@
+"""The triage worklist as a DataFrame: built once per batch, re-flagged cheaply per threshold.
+
+Flag rule (as everywhere in the product): a study is flagged when ``probability >= threshold``.
+Unreadable and refused files stay in the list, after the scored studies, with their reason.
+Patient identifiers are kept in their own columns and leave this module only through
+:func:`export_csv` with ``include_identifiers=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from dashboard.batch import StudyRecord
+
+IDENTIFIER_COLUMNS = ("patient_name", "patient_id", "birth_date", "accession_number", "institution")
+BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "modality",
+                "view_position", "body_part", "format", "sha256")
+DISPLAY_COLUMNS = ("thumbnail", "file", "probability", "flag", "modality", "view_position",
+                   "warnings", "reason")
+EXPORT_COLUMNS = ("file", "status", "probability", "flagged", "threshold", "model", "reason",
+                  "warnings", "modality", "view_position", "body_part", "format", "sha256")
+VIEWS = ("All", "Flagged", "Not flagged", "Unreadable")
+FLAG_TEXT = {True: "FLAGGED", False: "not flagged"}
+# a 1x1 transparent PNG: an unreadable file's thumbnail cell stays empty instead of saying "None"
+BLANK_THUMBNAIL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk"
+                   "YAAAAAYAAjCB0C8AAAAASUVORK5CYII=")
+UNREADABLE_TEXT = "unreadable"
+
+
+@dataclass(frozen=True)
+class Counts:
+    flagged: int
+    not_flagged: int
+    unreadable: int
+
+    @property
+    def total(self) -> int:
+        return self.flagged + self.not_flagged + self.unreadable
+
+
+def build_worklist(records: Iterable[StudyRecord]) -> pd.DataFrame:
+    """One row per file, scored studies by descending probability, then unreadable files."""
+    rows = []
+    for order, r in enumerate(records):
+        md = r.metadata
+        ids = r.identifiers
+        rows.append({
+            "thumbnail": r.thumbnail or BLANK_THUMBNAIL,
+            "file": r.name,
+            "probability": r.probability if r.ok else np.nan,
+            "status": r.status,
+            "reason": r.message,
+            "warnings": "; ".join(r.warnings),
+            "modality": md.modality or "",
+            "view_position": md.view_position or "",
+            "body_part": md.body_part or "",
+            "format": md.format or "",
+            "sha256": r.sha256,
+            **{c: getattr(ids, c) or "" for c in IDENTIFIER_COLUMNS},
+            "_order": order,
+        })
+    df = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *IDENTIFIER_COLUMNS, "_order"])
+    df["probability"] = df["probability"].astype(float)
+    df["_readable"] = df["status"].eq("ok")
+    df = df.sort_values(["_readable", "probability", "_order"], ascending=[False, False, True],
+                        na_position="last", kind="mergesort").reset_index(drop=True)
+    return df.drop(columns=["_order"])
+
+
+def flags(df: pd.DataFrame, threshold: float) -> np.ndarray:
+    """Boolean per row: readable and ``probability >= threshold``."""
+    prob = df["probability"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        return df["_readable"].to_numpy() & (prob >= threshold)
+
+
+def counts(df: pd.DataFrame, threshold: float) -> Counts:
+    flagged = int(flags(df, threshold).sum())
+    readable = int(df["_readable"].sum())
+    return Counts(flagged, readable - flagged, len(df) - readable)
+
+
+def flag_column(df: pd.DataFrame, threshold: float) -> np.ndarray:
+    return np.where(~df["_readable"].to_numpy(), UNREADABLE_TEXT,
+                    np.where(flags(df, threshold), FLAG_TEXT[True], FLAG_TEXT[False]))
+
+
+def view(df: pd.DataFrame, threshold: float, show: str = "All", thumbnails: bool = True
+         ) -> pd.DataFrame:
+    """The rows and columns the worklist table shows at ``threshold`` (no identifiers)."""
+    if show not in VIEWS:
+        raise ValueError(f"show must be one of {', '.join(VIEWS)}, got {show!r}")
+    cols = [c for c in DISPLAY_COLUMNS if c != "flag" and (thumbnails or c != "thumbnail")]
+    out = df[cols + ["sha256"]].copy()
+    out.insert(cols.index("probability") + 1, "flag", flag_column(df, threshold))
+    if show == "Flagged":
+        out = out[out["flag"] == FLAG_TEXT[True]]
+    elif show == "Not flagged":
+        out = out[out["flag"] == FLAG_TEXT[False]]
+    elif show == "Unreadable":
+        out = out[out["flag"] == UNREADABLE_TEXT]
+    return out
+
+
+def unreadable(df: pd.DataFrame) -> pd.DataFrame:
+    """File and reason of every file that could not be scored."""
+    return df.loc[~df["_readable"], ["file", "status", "reason"]].reset_index(drop=True)
+
+
+def flagged_shas(df: pd.DataFrame, threshold: float) -> list[str]:
+    """Content hashes of the flagged studies, highest probability first, without repeats."""
+    return list(dict.fromkeys(df.loc[flags(df, threshold), "sha256"]))
+
+
+def readable_shas(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df.loc[df["_readable"], "sha256"]))
+
+
+def _csv_safe(value):
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value      # a spreadsheet must not run a file name as a formula
+    return value
+
+
+def export_frame(df: pd.DataFrame, threshold: float, model: str,
+                 include_identifiers: bool = False) -> pd.DataFrame:
+    """The worklist as exported: no identifier columns unless ``include_identifiers``."""
+    flagged = flags(df, threshold).astype(object)
+    flagged[~df["_readable"].to_numpy()] = None          # unreadable: neither flagged nor not
+    out = df.assign(flagged=flagged, threshold=float(threshold), model=model)
+    cols = list(EXPORT_COLUMNS) + (list(IDENTIFIER_COLUMNS) if include_identifiers else [])
+    return out[cols].copy()
+
+
+def export_csv(df: pd.DataFrame, threshold: float, model: str,
+               include_identifiers: bool = False) -> str:
+    frame = export_frame(df, threshold, model, include_identifiers)
+    text_cols = [c for c in frame.columns
+                 if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
+    for c in text_cols:
+        frame[c] = frame[c].map(_csv_safe)
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL,
+                 float_format="%.6f")
+    return buf.getvalue()

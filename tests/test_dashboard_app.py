@@ -1,0 +1,414 @@
+"""Every dashboard page through Streamlit's AppTest, with the shipped model and the real sample.
+
+Run from the project root (AppTest reads .streamlit/config.toml from the working directory).
+The model is counted, not mocked: ``Predictor.predict_arrays`` and ``Explainer.explain_images``
+are wrapped to count the images they receive, so the tests see when the network really runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import metrics as M
+from engine.checkpoint import DEFAULT_MODEL_DIR, read_card
+from engine.decode import read_image
+from engine.explain import Explainer
+from engine.predictor import Predictor
+from engine.review_log import ReviewLog
+from engine.sources import items_from_uploads
+
+from dashboard import resources
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME = ROOT / "dashboard" / "Home.py"
+SAMPLE = ROOT / "assets" / "sample"
+NORMAL = sorted((SAMPLE / "kermany" / "NORMAL").glob("*.jpeg"))
+PNEUMONIA = sorted((SAMPLE / "kermany" / "PNEUMONIA").glob("*.jpeg"))
+DICOM = SAMPLE / "dicom" / "cr_chest_pa_mono1_j2k.dcm"
+DICOM2 = SAMPLE / "dicom" / "cr_chest_pa_mono2_jpeg_baseline.dcm"
+BROKEN = ("x.dcm", b"this is a text file, not a radiograph\n", "application/dicom")
+CARD = read_card(DEFAULT_MODEL_DIR)
+
+
+def _file(path: Path, name: str | None = None, mime: str = "application/octet-stream"):
+    return (name or path.name, path.read_bytes(), mime)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# The batch the triage tests upload: a DICOM, a DICOM without extension, 4 JPEGs, a text "x.dcm".
+BATCH = [_file(DICOM, mime="application/dicom"), _file(DICOM2, "study_without_extension"),
+         *[_file(p, mime="image/jpeg") for p in (NORMAL[:2] + PNEUMONIA[:2])], BROKEN]
+
+
+@dataclass
+class Calls:
+    scored: int = 0          # images the network scored
+    explained: int = 0       # images Grad-CAM explained
+
+
+@pytest.fixture(scope="module")
+def engine_probabilities() -> dict[str, float]:
+    """What the engine itself says about BATCH (same items, same order), for comparison."""
+    pred = Predictor.from_checkpoint(DEFAULT_MODEL_DIR)
+    return {p.name: p.probability for p in pred.predict_items(
+        items_from_uploads([(n, d) for n, d, _ in BATCH]), batch_size=16) if p.ok}
+
+
+@pytest.fixture
+def calls(monkeypatch) -> Calls:
+    c = Calls()
+    predict, explain = Predictor.predict_arrays, Explainer.explain_images
+
+    def counted_predict(self, resized, batch_size=64):
+        c.scored += len(resized)
+        return predict(self, resized, batch_size)
+
+    def counted_explain(self, resized, method="gradcam", batch_size=32):
+        c.explained += len(resized)
+        return explain(self, resized, method, batch_size)
+
+    monkeypatch.setattr(Predictor, "predict_arrays", counted_predict)
+    monkeypatch.setattr(Explainer, "explain_images", counted_explain)
+    return c
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch, calls) -> AppTest:
+    monkeypatch.setenv("CXR_REVIEW_LOG", str(tmp_path / "review_log.sqlite3"))
+    resources.prediction_cache.clear()      # each test starts with nothing scored
+    resources.heatmap.clear()
+    at = AppTest.from_file(str(HOME), default_timeout=120).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def all_text(at: AppTest) -> str:
+    """Every string the page shows: markdown, captions, metrics, tables, alerts."""
+    parts = [e.value for kind in ("markdown", "caption", "title", "header", "subheader", "info",
+                                  "warning", "error", "success") for e in getattr(at, kind)]
+    parts += [m.label + " " + m.value for m in at.metric]
+    parts += [d.value.to_csv() for d in at.dataframe]
+    return "\n".join(map(str, parts))
+
+
+def upload_batch(at: AppTest, files=BATCH) -> AppTest:
+    at.switch_page("views/triage.py").run()
+    at.file_uploader(key="uploads").set_value(files).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+# --------------------------------------------------------------------------- home and sidebar
+
+def test_home_shows_model_card_notice_and_threshold(app):
+    assert app.title[0].value == "Chest X-ray pneumonia triage"
+    assert any("not a diagnostic device" in i.value for i in app.sidebar.info)
+    assert metric(app, "Decision threshold") == f"{CARD.threshold:.3f}"
+    assert metric(app, "Architecture") == CARD.architecture
+    assert app.slider(key="threshold").value == pytest.approx(CARD.threshold)
+    val = pd.read_csv(DEFAULT_MODEL_DIR / "val_predictions.csv")
+    conf = M.confusion_at(val["label"], val["probability"], CARD.threshold)
+    table = frame_with(app, "ci_low").set_index("metric")
+    assert table.loc["Sensitivity", "value"] == pytest.approx(conf.sensitivity)
+    assert table.loc["Specificity", "value"] == pytest.approx(conf.specificity)
+    assert table.loc["Sensitivity", "ci_low"] <= conf.sensitivity <= table.loc["Sensitivity", "ci_high"]
+    train = frame_with(app, "patients").set_index("split")
+    assert train.loc["train", "images"] == CARD.extra["training"]["train"]["n"]
+
+
+def test_presets_move_the_shared_threshold(app):
+    val = pd.read_csv(DEFAULT_MODEL_DIR / "val_predictions.csv")
+    youden = M.choose_threshold(val["label"], val["probability"], "youden").threshold
+    preset = app.selectbox(key="preset")
+    label = next(o for o in preset.options if o.startswith("Youden"))
+    preset.set_value(label).run()
+    assert app.slider(key="threshold").value == pytest.approx(youden)
+    app.switch_page("views/triage.py").run()          # one threshold for every page
+    assert app.slider(key="threshold").value == pytest.approx(youden)
+    app.slider(key="threshold").set_value(0.3).run()
+    assert app.selectbox(key="preset").value.startswith("Custom")
+
+
+def test_sidebar_other_checkpoint_and_bad_path(app, tmp_path):
+    app.text_input(key="model_dir").input(str(tmp_path / "nowhere")).run()
+    assert any("does not exist" in e.value and "shipped default" in e.value for e in app.sidebar.error)
+    assert app.slider(key="threshold").value == pytest.approx(CARD.threshold)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").symlink_to(DEFAULT_MODEL_DIR / "model.safetensors")
+    card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
+    card["name"], card["decision_threshold"]["value"] = "other-model", 0.25
+    (other / "model_card.json").write_text(json.dumps(card))
+    app.text_input(key="model_dir").input(str(other)).run()
+    assert not app.exception and not app.sidebar.error
+    assert any("other-model" in m.value for m in app.sidebar.markdown)
+    assert app.slider(key="threshold").value == pytest.approx(0.25)      # the new card's threshold
+    app.text_input(key="model_dir").input("").run()
+    assert app.slider(key="threshold").value == pytest.approx(CARD.threshold)
+
+
+def test_two_sessions_do_not_share_worklists(app):
+    upload_batch(app, BATCH[:2])
+    other = AppTest.from_file(str(HOME), default_timeout=120).run()
+    other.switch_page("views/triage.py").run()
+    assert not other.dataframe and any("Upload files" in i.value for i in other.main.info)
+    other.switch_page("views/review.py").run()
+    assert not other.image
+    assert metric(app.run(), "Files") == "2"
+
+
+# --------------------------------------------------------------------------- triage
+
+def test_triage_lists_unreadable_scores_the_rest_and_reflags_without_the_model(app, calls,
+                                                                                 engine_probabilities):
+    upload_batch(app)
+    df = app.dataframe[0].value
+    assert len(df) == len(BATCH)
+    bad = df[df["flag"] == "unreadable"]
+    assert list(bad["file"]) == ["x.dcm"]
+    assert bad["reason"].iloc[0].startswith("x.dcm:") and "not a DICOM, JPEG or PNG" in bad["reason"].iloc[0]
+    good = df[df["flag"] != "unreadable"]
+    assert calls.scored == len(BATCH) - 1 == len(good)
+    assert list(good["probability"]) == sorted(good["probability"], reverse=True)
+    for name, p in zip(good["file"], good["probability"]):
+        assert p == pytest.approx(engine_probabilities[name], abs=1e-4)
+    assert "study_without_extension" in set(good["file"])        # DICOM found by content
+    assert metric(app, "Unreadable") == "1"
+
+    probs = np.sort(good["probability"].to_numpy())
+    thr = float((probs[2] + probs[3]) / 2)                        # 3 above, 3 below
+    app.slider(key="threshold").set_value(thr).run()
+    assert (metric(app, "Flagged"), metric(app, "Not flagged"), metric(app, "Unreadable")) == ("3", "3", "1")
+    df = app.dataframe[0].value
+    readable = df["flag"] != "unreadable"
+    assert ((df.loc[readable, "probability"] >= thr) == (df.loc[readable, "flag"] == "FLAGGED")).all()
+    app.slider(key="threshold").set_value(float(probs[0])).run()  # flag rule: probability >= threshold
+    assert metric(app, "Flagged") == "6"
+    assert calls.scored == len(BATCH) - 1                         # the model did not run again
+
+    app.radio(key="wl_view").set_value("Unreadable").run()
+    assert list(app.dataframe[0].value["file"]) == ["x.dcm"]
+    app.radio(key="wl_view").set_value("Flagged").run()
+    assert len(app.dataframe[0].value) == 6
+    assert app.checkbox(key="export_ids").value is False          # identifiers: opt-in only
+    assert calls.explained == 0                                   # no heatmap computed up front
+
+
+def test_triage_adds_new_files_only_and_keeps_the_worklist_across_pages(app, calls):
+    upload_batch(app, BATCH[:3])
+    assert calls.scored == 3
+    app.switch_page("views/home.py").run()
+    app.switch_page("views/triage.py").run()                      # Streamlit emptied the uploader
+    assert metric(app, "Files") == "3"
+    app.file_uploader(key="uploads").set_value([BATCH[3], BATCH[0]]).run()
+    assert metric(app, "Files") == "4"                            # the re-uploaded DICOM listed once
+    assert calls.scored == 4                                      # only the new content was scored
+
+
+def test_triage_refuses_files_over_the_size_limit(app, monkeypatch):
+    from dashboard import batch
+    monkeypatch.setattr(batch, "MAX_FILE_BYTES", 100_000)         # the DICOMs are larger than this
+    upload_batch(app, BATCH[:3])
+    df = app.dataframe[0].value
+    refused = df[df["reason"].str.contains("limit for one image")]
+    assert set(refused["file"]) == {DICOM.name, "study_without_extension"}
+    assert metric(app, "Unreadable") == "2" and metric(app, "Flagged") != ""
+    assert any("refused by a limit" in w.value for w in app.warning)
+
+
+def test_non_radiograph_warning_in_worklist_and_review(app):
+    import pydicom
+    ds = pydicom.dcmread(io.BytesIO(DICOM2.read_bytes()))
+    ds.Modality = "CT"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    upload_batch(app, [("ct_slice.dcm", buf.getvalue(), "application/dicom")])
+    row = app.dataframe[0].value.iloc[0]
+    assert row["modality"] == "CT" and "not a radiograph" in row["warnings"]
+    app.button(key="open_review").click().run()
+    assert any("Modality CT" in w.value for w in app.warning)
+
+
+# --------------------------------------------------------------------------- review
+
+def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
+    upload_batch(app, BATCH[:3] + [BATCH[-1]])
+    dicom_sha = _sha(DICOM.read_bytes())
+    app.selectbox(key="open_study").set_value(dicom_sha).run()
+    app.button(key="open_review").click().run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert app.title[0].value == "Review"
+    assert app.session_state["review_sha"] == dicom_sha
+    app.switch_page("views/review.py")      # AppTest does not follow st.switch_page for later runs
+    captions = [c for img in app.image for c in img.captions]
+    assert len(app.image) == 3 and any("overlay" in c for c in captions) and any("alone" in c for c in captions)
+    assert calls.explained == 1                                   # only the study under review
+
+    header = frame_with(app, "field").set_index("field")["value"]
+    assert header["modality"] == "CR" and header["photometric interpretation"] == "MONOCHROME1"
+    ids = read_image(DICOM.read_bytes(), DICOM.name).identifiers
+    assert ids.patient_name and ids.patient_name not in all_text(app)   # hidden by default
+    app.checkbox(key="show_ids").check().run()
+    assert ids.patient_name in frame_with(app, "identifier")["value"].tolist()
+
+    app.slider(key="rv_opacity").set_value(0.8).run()
+    assert any("opacity 0.80" in c for img in app.image for c in img.captions)
+    assert calls.explained == 1                                   # display changes reuse the heatmap
+
+    app.radio(key="review_decision").set_value("disagree")
+    app.text_area(key="review_note").set_value("no consolidation seen")
+    app.button(key="review_submit").click().run()
+    entries = ReviewLog(tmp_path / "review_log.sqlite3").entries()
+    assert len(entries) == 1
+    e = entries[0]
+    assert (e.file_sha256, e.file_name, e.decision, e.note) == (dicom_sha, DICOM.name, "disagree",
+                                                               "no consolidation seen")
+    assert e.model == f"{CARD.name} {CARD.version}"
+    assert e.threshold == pytest.approx(app.slider(key="threshold").value)
+    worklist = app.session_state["triage_store"].batch.worklist.set_index("sha256")
+    assert e.probability == pytest.approx(worklist.loc[dicom_sha, "probability"])
+    assert ids.patient_name not in ReviewLog(tmp_path / "review_log.sqlite3").to_csv()
+
+    app.slider(key="threshold").set_value(0.0).run()              # every study flagged
+    app.button(key="next_flagged").click().run()
+    assert app.session_state["review_sha"] != dicom_sha
+    assert calls.explained == 2
+
+
+def test_review_without_a_batch_says_what_to_do(app):
+    app.switch_page("views/review.py").run()
+    assert not app.exception
+    assert any("upload studies on the Triage page" in i.value for i in app.main.info)
+    assert not app.image
+
+
+# --------------------------------------------------------------------------- performance
+
+def _shown_metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _expected(conf: M.Confusion) -> dict[str, str]:
+    return {"Sensitivity": f"{conf.sensitivity:.3f}", "Specificity": f"{conf.specificity:.3f}",
+            "PPV": f"{conf.ppv:.3f}", "NPV": f"{conf.npv:.3f}", "F1": f"{conf.f1:.3f}",
+            "Accuracy": f"{conf.accuracy:.3f}", "True positives": str(conf.tp),
+            "False positives": str(conf.fp), "False negatives": str(conf.fn), "True negatives": str(conf.tn)}
+
+
+def test_performance_figures_and_metrics_match_the_engine(app):
+    app.switch_page("views/performance.py").run()
+    assert not app.exception, [e.message for e in app.exception]
+    val = pd.read_csv(DEFAULT_MODEL_DIR / "val_predictions.csv")
+    y, s = val["label"].to_numpy(), val["probability"].to_numpy()
+    charts = app.get("plotly_chart")
+    assert len(charts) == 5
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts]
+    assert f"AUC {M.roc_auc(y, s):.3f}" in titles[1]
+    assert f"AP {M.average_precision(y, s):.3f}" in titles[2]
+    assert _expected(M.confusion_at(y, s, CARD.threshold)).items() <= _shown_metrics(app).items()
+
+    thr = float(np.median(s))
+    app.slider(key="threshold").set_value(thr).run()
+    conf = M.confusion_at(y, s, thr)
+    assert _expected(conf).items() <= _shown_metrics(app).items()
+    roc = json.loads(app.get("plotly_chart")[1].proto.spec)
+    point = roc["data"][-1]
+    assert point["x"][0] == pytest.approx(1 - conf.specificity) and point["y"][0] == pytest.approx(conf.sensitivity)
+    hist = json.loads(app.get("plotly_chart")[3].proto.spec)
+    assert hist["layout"]["shapes"][0]["x0"] == pytest.approx(thr)
+
+    app.text_input(key="op_name").input("screening clinic")
+    app.button(key="op_save").click().run()
+    options = app.selectbox(key="preset").options
+    assert f"Saved: screening clinic — {thr:.3f}" in options
+    app.switch_page("views/triage.py").run()
+    assert f"Saved: screening clinic — {thr:.3f}" in app.selectbox(key="preset").options
+
+
+def test_performance_csv_upload_checks_columns(app):
+    app.switch_page("views/performance.py").run()
+    app.radio(key="perf_source").set_value("Predictions CSV").run()
+    app.file_uploader(key="perf_csv").set_value([("p.csv", b"file,truth,score\na,1,0.5\n", "text/csv")]).run()
+    assert "needs columns 'label' and 'probability'" in app.error[0].value
+    good = b"label,probability\nnormal,0.1\npneumonia,0.9\nNORMAL,0.7\n1,0.4\n"
+    app.file_uploader(key="perf_csv").set_value([("p.csv", good, "text/csv")]).run()
+    assert not app.error
+    conf = M.confusion_at([0, 1, 0, 1], [0.1, 0.9, 0.7, 0.4], app.slider(key="threshold").value)
+    assert _expected(conf).items() <= _shown_metrics(app).items()
+
+
+def test_performance_scores_a_zip_of_class_folders(app, calls):
+    app.switch_page("views/performance.py").run()
+    app.radio(key="perf_source").set_value("Images in class folders").run()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in NORMAL + PNEUMONIA:
+            zf.writestr(f"sample/{p.parent.name}/{p.name}", p.read_bytes())
+        zf.writestr("sample/README.txt", b"not an image and not in a class folder")
+    app.file_uploader(key="perf_zip").set_value([("sample.zip", buf.getvalue(), "application/zip")]).run()
+    app.button(key="perf_run").click().run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert calls.scored == 12
+    assert any("12 studies (6 pneumonia, 6 normal)" in c.value for c in app.caption)
+    assert len(app.get("plotly_chart")) == 5
+    app.slider(key="threshold").set_value(0.45).run()              # re-flags from the stored scores
+    assert calls.scored == 12 and len(app.get("plotly_chart")) == 5
+    app.file_uploader(key="perf_zip").set_value([]).run()
+    app.text_input(key="perf_folder").input(str(SAMPLE / "kermany")).run()
+    app.button(key="perf_run").click().run()                        # the same images from a folder
+    assert any("12 studies (6 pneumonia, 6 normal)" in c.value for c in app.caption)
+    assert calls.scored == 12                                       # same content: no new scoring
+
+
+# --------------------------------------------------------------------------- compare
+
+def _evaluation(folder: Path, y: np.ndarray, s: np.ndarray, version: str) -> dict:
+    folder.mkdir(parents=True)
+    s = np.round(s, 6)
+    pd.DataFrame({"file": [f"img{i}.jpeg" for i in range(len(y))], "label": y, "probability": s}
+                 ).to_csv(folder / "predictions.csv", index=False)
+    metrics = M.summarize(y, s, CARD.threshold, n_resamples=200)
+    metrics |= {"model_name": CARD.name, "model_version": version, "data_dir": "/data/test", "split": None}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    shutil.copyfile(DEFAULT_MODEL_DIR / "model_card.json", folder / "model_card.json")
+    return metrics
+
+
+def test_compare_two_evaluation_folders(app, tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    good = _evaluation(tmp_path / "strong", y, np.clip(0.6 * y + 0.4 * rng.random(120), 0, 1), "2.0")
+    weak = _evaluation(tmp_path / "weak", y, rng.random(120), "1.0")
+    app.switch_page("views/compare.py").run()
+    app.text_area(key="cmp_extra").input(f"{tmp_path / 'strong'}\n{tmp_path / 'weak'}\n{tmp_path / 'missing'}").run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert any("missing" in e.value and "is not a folder" in e.value for e in app.error)
+    table = frame_with(app, "auc").set_index("evaluation").loc[["strong", "weak"]]
+    assert table.loc["strong", "auc"] == pytest.approx(good["auc"])
+    assert table.loc["weak", "sensitivity"] == pytest.approx(weak["sensitivity"])
+    assert table.loc["strong", "model"] == f"{CARD.name} {CARD.version}"    # from model_card.json
+    spec = json.loads(app.get("plotly_chart")[-1].proto.spec)
+    names = [t["name"] for t in spec["data"]]
+    assert f"strong (AUC {good['auc']:.3f})" in names and f"weak (AUC {weak['auc']:.3f})" in names

@@ -1,0 +1,283 @@
+"""The dashboard's pure helpers, without Streamlit: batch, worklist, evaluation, figures, presets."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine import metrics as M
+from engine.decode import read_image
+from engine.errors import ImageReadError
+from engine.image import PatientIdentifiers, StudyMetadata
+from engine.predictor import Prediction
+
+from dashboard import batch as B
+from dashboard import evaluation as E
+from dashboard import figures as F
+from dashboard import imaging, worklist as W
+from dashboard.state import build_presets
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "assets" / "sample"
+JPEGS = sorted((SAMPLE / "kermany").glob("*/*.jpeg"))
+
+
+class FakePredictor:
+    """Decodes with the engine and scores by a hash of the bytes; counts what it scores."""
+
+    def __init__(self):
+        self.scored: list[str] = []
+
+    def predict_stream(self, items, *, batch_size=32, keep_images=False, progress=None, total=None):
+        done = 0
+        for item in items:
+            data = item.read()
+            sha = hashlib.sha256(data).hexdigest()
+            done += 1
+            try:
+                img = read_image(data, item.name)
+            except ImageReadError as exc:
+                yield Prediction(item.name, "error", None, str(exc), sha256=sha)
+                continue
+            self.scored.append(item.name)
+            p = int(sha[:8], 16) / 0xFFFFFFFF
+            yield Prediction(item.name, "ok", p, "", img.warnings, sha, img.metadata, img.identifiers,
+                             img if keep_images else None)
+            if progress:
+                progress(done, total)
+
+
+def _upload(path_or_name, data=None, uid=None):
+    if data is None:
+        data = Path(path_or_name).read_bytes()
+        path_or_name = Path(path_or_name).name
+    return B.Upload(uid or path_or_name, path_or_name, len(data), lambda d=data: d)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- batch
+
+def test_batch_scores_each_content_once_and_lists_unreadable():
+    fake, cache = FakePredictor(), B.PredictionCache()
+    ups = [_upload(p) for p in JPEGS[:3]] + [_upload("x.dcm", b"just text"),
+                                            _upload("copy.jpeg", JPEGS[0].read_bytes())]
+    res = B.process_uploads(ups, fake, "m1", cache)
+    records = [r for u in ups for r in res[u.id].records]
+    assert [r.status for r in records] == ["ok", "ok", "ok", "error", "ok"]
+    assert "x.dcm" in records[3].message and "not a DICOM" in records[3].message
+    assert len(fake.scored) == 3                     # the copy has the same content: scored once
+    assert records[4].probability == records[0].probability and records[4].name == "copy.jpeg"
+    assert records[0].thumbnail.startswith("data:image/png;base64,")
+    again = B.process_uploads([_upload(JPEGS[1], uid="new-id")], fake, "m1", cache)
+    assert len(fake.scored) == 3                     # a cache hit: the model is not called
+    assert again["new-id"].records[0].probability == records[1].probability
+    B.process_uploads([_upload(JPEGS[1], uid="other-model")], fake, "m2", cache)
+    assert len(fake.scored) == 4                     # another model key scores again
+
+
+def test_batch_limits_refuse_with_a_message(monkeypatch):
+    monkeypatch.setattr(B, "MAX_FILE_BYTES", 10_000)
+    big = bytes(20_000)
+    archive = _zip({f"NORMAL/{p.name}": p.read_bytes() for p in JPEGS[:3]})
+    ups = [_upload("big.dcm", big), _upload("a.zip", archive)]
+    res = B.process_uploads(ups, FakePredictor(), "m", B.PredictionCache(), max_files=2)
+    big_rec = res["big.dcm"].records[0]
+    assert big_rec.status == "refused" and "limit for one image" in big_rec.message
+    zipped = res["a.zip"].records
+    assert [r.name.split("/")[0] for r in zipped] == ["a.zip"] * 3
+    assert [r.status for r in zipped] == ["ok", "ok", "refused"]
+    assert "1,000" not in zipped[2].message and "2-file limit" in zipped[2].message
+
+
+def test_sync_batch_keeps_worklist_across_pages_and_removes_on_page():
+    fake, cache, store = FakePredictor(), B.PredictionCache(), B.BatchStore()
+    a, b = _upload(JPEGS[0]), _upload(JPEGS[1])
+    batch = B.sync_batch(store, [a, b], fake, "m", cache, W.build_worklist)
+    df = batch.worklist
+    assert len(df) == 2
+    assert B.sync_batch(store, [a, b], fake, "m", cache, W.build_worklist).worklist is df  # not rebuilt
+    # another page emptied the uploader: the worklist stays, and a new upload is added to it
+    batch = B.sync_batch(store, [], fake, "m", cache, W.build_worklist, uploader_fresh=True)
+    assert len(batch.records) == 2
+    c = _upload(JPEGS[2])
+    assert len(B.sync_batch(store, [c], fake, "m", cache, W.build_worklist).records) == 3
+    # removing c from the uploader while on the page removes it from the worklist
+    assert len(B.sync_batch(store, [], fake, "m", cache, W.build_worklist).records) == 2
+    assert len(fake.scored) == 3
+    store.clear()
+    assert B.sync_batch(store, [], fake, "m", cache, W.build_worklist) is None
+
+
+def test_sync_batch_rescored_when_the_model_changes():
+    fake, cache, store = FakePredictor(), B.PredictionCache(), B.BatchStore()
+    a = _upload(JPEGS[0])
+    B.sync_batch(store, [a], fake, "m1", cache, W.build_worklist)
+    batch = B.sync_batch(store, [], fake, "m2", cache, W.build_worklist, uploader_fresh=True)
+    assert batch.model_key == "m2" and len(fake.scored) == 2
+
+
+# --------------------------------------------------------------------------- worklist
+
+def _records():
+    ids = PatientIdentifiers(patient_name="DOE^JANE", patient_id="P123")
+    return [
+        B.StudyRecord("low.jpeg", "1" * 64, "ok", 0.2),
+        B.StudyRecord("bad.dcm", "", "error", message="bad.dcm: not a DICOM, JPEG or PNG image"),
+        B.StudyRecord("high.dcm", "2" * 64, "ok", 0.9, warnings=("Modality CT is not a radiograph",),
+                      metadata=StudyMetadata(format="dicom", modality="CT"), identifiers=ids),
+        B.StudyRecord("mid.png", "3" * 64, "ok", 0.5),
+        B.StudyRecord("huge.dcm", "", "refused", message="huge.dcm: 60.0 MB is over the limit"),
+    ]
+
+
+def test_worklist_sorted_flags_and_counts():
+    df = W.build_worklist(_records())
+    assert list(df["file"]) == ["high.dcm", "mid.png", "low.jpeg", "bad.dcm", "huge.dcm"]
+    assert W.counts(df, 0.5) == W.Counts(flagged=2, not_flagged=1, unreadable=2)   # 0.5 >= 0.5
+    assert W.counts(df, 0.51) == W.Counts(flagged=1, not_flagged=2, unreadable=2)
+    assert list(W.flag_column(df, 0.5)) == ["FLAGGED", "FLAGGED", "not flagged", "unreadable", "unreadable"]
+    assert list(W.view(df, 0.5, "Flagged")["file"]) == ["high.dcm", "mid.png"]
+    assert list(W.view(df, 0.5, "Not flagged")["file"]) == ["low.jpeg"]
+    assert list(W.view(df, 0.5, "Unreadable")["file"]) == ["bad.dcm", "huge.dcm"]
+    shown = W.view(df, 0.5, "All", thumbnails=False)
+    assert "thumbnail" not in shown and not set(W.IDENTIFIER_COLUMNS) & set(shown.columns)
+    assert W.flagged_shas(df, 0.5) == ["2" * 64, "3" * 64]
+    assert list(W.unreadable(df)["reason"])[0].startswith("bad.dcm:")
+
+
+def test_export_without_identifiers_unless_opted_in():
+    df = W.build_worklist(_records())
+    plain = W.export_csv(df, 0.5, "m 1.0")
+    assert "DOE" not in plain and "P123" not in plain and "patient_name" not in plain
+    rows = list(csv.DictReader(io.StringIO(plain)))
+    assert rows[0]["file"] == "high.dcm" and rows[0]["flagged"] == "True" and rows[0]["threshold"] == "0.500000"
+    assert rows[3]["flagged"] == "" and "not a DICOM" in rows[3]["reason"]
+    with_ids = list(csv.DictReader(io.StringIO(W.export_csv(df, 0.5, "m 1.0", include_identifiers=True))))
+    assert with_ids[0]["patient_name"] == "DOE^JANE" and with_ids[0]["patient_id"] == "P123"
+
+
+def test_export_defuses_formula_file_names():
+    df = W.build_worklist([B.StudyRecord("=cmd.jpeg", "4" * 64, "ok", 0.7)])
+    assert "'=cmd.jpeg" in W.export_csv(df, 0.5, "m")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def test_labelled_csv_accepts_names_and_numbers_and_reports_bad_columns():
+    ls = E.labelled_set_from_csv(b"file,Label,probability\na,normal,0.1\nb,PNEUMONIA,0.8\nc,1,0.6\nd,0.0,0.3\n", "p.csv")
+    assert list(ls.labels) == [0, 1, 1, 0] and list(ls.scores) == [0.1, 0.8, 0.6, 0.3]
+    with pytest.raises(E.LabelledDataError, match="missing 'label'"):
+        E.labelled_set_from_csv(b"file,truth,probability\na,1,0.5\n", "p.csv")
+    with pytest.raises(E.LabelledDataError, match="'maybe'"):
+        E.labelled_set_from_csv(b"label,probability\nmaybe,0.5\n", "p.csv")
+    with pytest.raises(E.LabelledDataError, match="in \\[0, 1\\]"):
+        E.labelled_set_from_csv(b"label,probability\n1,1.5\n", "p.csv")
+
+
+def test_label_from_class_folders():
+    assert E.label_from_path("set.zip/test/PNEUMONIA/x.jpeg") == 1
+    assert E.label_from_path("/data/normal/y.png") == 0
+    assert E.label_from_path("pneumonia.jpeg") is None      # the file name is not a folder
+    recs = [B.StudyRecord("z/NORMAL/a.jpeg", "1" * 64, "ok", 0.3),
+            B.StudyRecord("z/PNEUMONIA/b.jpeg", "2" * 64, "ok", 0.7),
+            B.StudyRecord("z/other/c.jpeg", "3" * 64, "ok", 0.5),
+            B.StudyRecord("z/NORMAL/d.dcm", "", "error", message="z/NORMAL/d.dcm: corrupt")]
+    ls = E.labelled_set_from_records(recs, "z")
+    assert list(ls.labels) == [0, 1] and len(ls.skipped) == 2
+
+
+def test_metrics_table_is_engine_metrics():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    s = np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)
+    table = E.metrics_table(E.LabelledSet("x", y, s), 0.5).set_index("metric")
+    conf = M.confusion_at(y, s, 0.5)
+    assert table.loc["Sensitivity", "value"] == pytest.approx(conf.sensitivity)
+    assert table.loc["NPV", "value"] == pytest.approx(conf.npv)
+    assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
+
+
+def _write_eval(folder: Path, y, s, name="m", version="1.0"):
+    folder.mkdir(parents=True)
+    pd.DataFrame({"file": [f"f{i}.jpeg" for i in range(len(y))], "label": y,
+                  "probability": np.round(s, 6)}).to_csv(folder / "predictions.csv", index=False)
+    metrics = M.summarize(y, np.round(s, 6), 0.5, n_resamples=200) | {"model_name": name, "model_version": version}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def test_evaluation_folders(tmp_path):
+    y = np.array([0, 0, 1, 1, 1, 0])
+    s = np.array([0.1, 0.6, 0.7, 0.4, 0.9, 0.2])
+    metrics = _write_eval(tmp_path / "a", y, s)
+    (tmp_path / "empty").mkdir()
+    assert E.find_evaluation_folders(tmp_path) == [tmp_path / "a"]
+    ev = E.load_evaluation_folder(tmp_path / "a")
+    assert ev.model == "m 1.0" and list(ev.labels) == list(y)
+    table = E.compare_table([ev])
+    assert table.loc[0, "auc"] == pytest.approx(metrics["auc"]) and table.loc[0, "n"] == 6
+    with pytest.raises(E.EvaluationFolderError, match="no metrics.json"):
+        E.load_evaluation_folder(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- figures, presets, images
+
+def test_figures_show_the_operating_point_and_threshold():
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    s = np.array([0.1, 0.6, 0.7, 0.4, 0.9, 0.2, 0.55, 0.3])
+    conf = M.confusion_at(y, s, 0.5)
+    fpr, tpr, _ = M.roc_curve(y, s)
+    roc = F.roc_figure(fpr, tpr, M.roc_auc(y, s), (1 - conf.specificity, conf.sensitivity), 0.5)
+    point = roc.data[-1]
+    assert (point.x[0], point.y[0]) == (pytest.approx(0.25), pytest.approx(0.75))
+    assert f"AUC {M.roc_auc(y, s):.3f}" in roc.layout.title.text
+    hist = F.histogram_figure(y, s, 0.5, ["normal", "pneumonia"])
+    assert hist.layout.shapes[0].x0 == 0.5 and len(hist.data) == 2
+    cm = F.confusion_figure(conf, ["normal", "pneumonia"], 0.5)
+    assert np.array(cm.data[0].z).tolist() == conf.matrix()
+    cal = F.calibration_figure(M.calibration_bins(y, s), M.expected_calibration_error(y, s))
+    assert len(cal.data[1].x) == int((M.calibration_bins(y, s).counts > 0).sum())
+
+
+def test_presets_are_the_engine_operating_points():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = np.clip(y * 0.4 + rng.random(200) * 0.6, 0, 1)
+    presets = build_presets(0.42, y, s, {"clinic": 0.33})
+    assert presets[0].threshold == 0.42 and presets[0].origin == "card"
+    for rule, p in zip(M.PRESET_RULES, presets[1:4]):
+        assert p.threshold == pytest.approx(M.choose_threshold(y, s, rule).threshold)
+    assert presets[-1].name == "Saved: clinic" and presets[-1].threshold == 0.33
+    only_positives = build_presets(0.5, np.ones(5, int), np.linspace(0.1, 0.9, 5))
+    assert [p.name for p in only_positives] == ["Model card", "Sensitivity ≥ 0.95"]   # the others need negatives
+
+
+def test_thumbnail_and_review_panels():
+    img = read_image(JPEGS[0].read_bytes(), JPEGS[0].name).pixels
+    uri = imaging.thumbnail_data_uri(img)
+    png = cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert max(png.shape[:2]) == imaging.THUMBNAIL_PX and len(uri) < 8000
+    heat = np.zeros((32, 32), np.float32)
+    heat[8:16, 8:16] = 1.0
+    original, overlay, alone = imaging.review_panels(img, heat, opacity=0.5)
+    assert original.shape == overlay.shape == alone.shape == (*img.shape, 3)
+    assert not np.array_equal(original, overlay)
+    dark = imaging.review_panels(img, None, center=0.9, width=0.1)[0]
+    assert dark.mean() < original.mean()

@@ -1,0 +1,327 @@
+"""Training on real radiographs (the bundled sample, assets/sample/kermany): a tiny run whose loss
+falls, its checkpoint reloaded by the product's Predictor, an exact --resume, the patient-wise
+split, duplicate dropping and the CSV manifest.
+
+The tiny run is trained once per session (``train_tiny_run``, cached on disk under pytest's base
+temp folder) and shared with tests/test_evaluate_compare.py. It runs in float32 so that its
+numbers are exactly reproducible (the resume test compares weights bit for bit); the bfloat16
+product path is trained by tests/test_ddp.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.device import plain_policy
+from engine.predictor import Predictor
+from engine.sources import iter_inputs
+from training import data as ds
+from training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "assets" / "sample" / "kermany"
+
+# 12 images, one per patient: val-fraction 0.34 puts 3 patients of each class in validation, 6
+# images train. One full batch per epoch, no augmentation, no warm-up and no label smoothing make
+# the training loss a deterministic function of the weights, so "it falls" is not luck.
+TINY_ARGS = ["--data-dir", str(SAMPLE), "--image-size", "64", "--epochs", "2", "--batch-size", "8",
+             "--val-fraction", "0.34", "--no-augment", "--lr", "3e-3", "--warmup-epochs", "0",
+             "--label-smoothing", "0", "--weight-decay", "0", "--ema", "0.9", "--patience", "10",
+             "--precision", "float32", "--seed", "0", "--name", "tiny"]
+TIMING_KEYS = {"train_images_per_s", "train_seconds"}
+
+
+@contextmanager
+def single_thread():
+    """Tiny models run fastest on one thread; two threads spin against any other busy process."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def tiny_args(out: Path, *extra: str):
+    return train.get_args_parser().parse_args([*TINY_ARGS, "--out", str(out), *extra])
+
+
+def train_tiny_run(base: Path) -> Path:
+    """The shared tiny run: trained on the first call of the session, reused afterwards."""
+    run = Path(base) / "tiny_run"
+    done = run / ".complete"
+    if not done.is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        with single_thread():
+            train.main(tiny_args(run))
+        done.touch()
+    return run
+
+
+def read_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def read_predictions(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.getbasetemp())
+
+
+def test_sample_is_there():
+    files = ds.index_folder(SAMPLE)
+    assert {s.label for s in files} == {0, 1} and len(files) >= 8, "assets/sample/kermany is incomplete"
+
+
+# ------------------------------------------------------------------ the tiny run
+
+def test_training_loss_falls(tiny_run):
+    rows = read_rows(tiny_run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    first, last = rows[0]["train_loss"], rows[-1]["train_loss"]
+    assert np.isfinite([first, last]).all()
+    # Epoch 1's loss is that of the initial weights (one full batch), epoch 2's after one AdamW
+    # step on that batch: ~0.73 -> ~0.38 on this sample. Demand a clear drop, not noise.
+    assert last < 0.8 * first, f"training loss did not fall: {first:.4f} -> {last:.4f}"
+
+
+def test_best_checkpoint_has_card_threshold_and_validation(tiny_run):
+    best = tiny_run / "best"
+    assert (best / "model.safetensors").is_file()
+    card = json.loads((best / "model_card.json").read_text())
+    thr = card["decision_threshold"]
+    assert 0.0 <= thr["value"] <= 1.0
+    assert "sensitivity>=0.97" in thr["rule"] and "validation" in thr["rule"]
+    split = json.loads((tiny_run / "split.json").read_text())
+    val = card["validation"]
+    assert val["n"] == len(split["val"]) == 6 and val["n_positive"] == 3
+    assert val["threshold"] == thr["value"]
+    assert sum(map(sum, val["confusion_matrix"])) == val["n"]
+    for key in ("auc", "sensitivity", "specificity", "ece", "auc_ci_95"):
+        assert key in val
+    assert card["training"]["world_size"] == 1 and card["training"]["epochs_run"] == 2
+    assert card["input"]["image_size"] == 64 and card["name"] == "tiny"
+
+    preds = read_predictions(best / "val_predictions.csv")
+    assert [p["file"] for p in preds] == [Path(s["path"]).name for s in split["val"]]
+    assert [int(p["label"]) for p in preds] == [s["label"] for s in split["val"]]
+    assert all(0.0 <= float(p["probability"]) <= 1.0 for p in preds)
+    for name in ("last/model.safetensors", "resume.safetensors", "training_curves.png"):
+        assert (tiny_run / name).is_file(), name
+
+
+def test_predictor_reloads_the_checkpoint_and_predicts_the_sample(tiny_run):
+    best = tiny_run / "best"
+    with single_thread():
+        # Same precision as the run: the product's predictor must reproduce validation exactly.
+        exact = {Path(p.name).name: p for p in
+                 Predictor.from_checkpoint(best, policy=plain_policy()).predict_stream(iter_inputs([SAMPLE]))}
+        product = list(Predictor.from_checkpoint(best).predict_stream(iter_inputs([SAMPLE])))
+    n_files = len(ds.index_folder(SAMPLE))
+    assert len(exact) == len(product) == n_files
+    assert all(p.ok and 0.0 <= p.probability <= 1.0 for p in [*exact.values(), *product])
+    for row in read_predictions(best / "val_predictions.csv"):
+        assert exact[row["file"]].probability == pytest.approx(float(row["probability"]), abs=2e-3), row["file"]
+
+
+def test_resume_continues_exactly(tiny_run, tmp_path, monkeypatch):
+    """Stop a 2-epoch run right after epoch 1's resume state is saved, resume it, and get the
+    uninterrupted run's numbers and weights, bit for bit."""
+    class Interrupted(Exception):
+        pass
+
+    real_save = train.save_state
+
+    def save_then_crash(state, path):
+        real_save(state, path)
+        raise Interrupted
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(train, "save_state", save_then_crash)
+    with single_thread(), pytest.raises(Interrupted):
+        train.main(tiny_args(out))
+    monkeypatch.setattr(train, "save_state", real_save)
+    assert [r["epoch"] for r in read_rows(out)] == [1]
+    assert not (out / "last").exists()
+
+    with single_thread():
+        train.main(tiny_args(out, "--resume", str(out)))
+
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+    assert strip(read_rows(out)) == strip(read_rows(tiny_run))
+    for name in ("last/model.safetensors", "best/model.safetensors", "resume.safetensors"):
+        a, b = load_file(str(out / name)), load_file(str(tiny_run / name))
+        assert a.keys() == b.keys(), name
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}: {k} differs after resume"
+    for folder in ("best", "last"):
+        va = json.loads((out / folder / "model_card.json").read_text())["validation"]
+        vb = json.loads((tiny_run / folder / "model_card.json").read_text())["validation"]
+        assert va == vb
+
+
+# ------------------------------------------------------------------ patient-wise split
+
+def test_patient_ids_from_real_file_names():
+    pid = ds.patient_id_from_name
+    assert pid("person154_virus_305.jpeg") == pid("person154_bacteria_306.jpeg") == "p-person154"
+    assert pid("person1308_bacteria_3290.jpeg") != pid("person130_bacteria_3290.jpeg")
+    # NORMAL2-IM-0654 and IM-0654 share a number space: possibly one patient, kept together
+    assert pid("NORMAL2-IM-0654-0001.jpeg") == pid("IM-0654-0002.jpeg") == "n-im0654"
+    assert pid("IM-0115-0001.jpeg") != pid("IM-0117-0001.jpeg")
+    assert pid("scan.png") == "f-scan"
+
+
+def _check_split(samples, train_s, val_s):
+    assert sorted(map(str, (s.path for s in train_s + val_s))) == sorted(str(s.path) for s in samples)
+    assert not {s.path for s in train_s} & {s.path for s in val_s}
+    both = {s.patient_id for s in train_s} & {s.patient_id for s in val_s}
+    assert not both, f"patients on both sides: {sorted(both)}"
+
+
+def test_patient_split_on_real_names_keeps_each_patient_on_one_side():
+    """The sample's real names plus further images of the same patients, named the Kermany way."""
+    real = ds.index_folder(SAMPLE)
+    extra = []
+    for s in real:
+        stem = s.path.stem
+        if s.label == 1:  # personN_kind_M -> more images of person N
+            person, kind, _ = stem.split("_")
+            names = [f"{person}_{kind}_{9000 + i}.jpeg" for i in range(3)]
+        else:  # [NORMAL2-]IM-XXXX-YYYY -> other images of patient XXXX, with and without the prefix
+            number = stem.split("IM-")[1].split("-")[0]
+            names = [f"IM-{number}-0002.jpeg", f"NORMAL2-IM-{number}-0003.jpeg"]
+        extra += [ds.Sample(s.path.parent / n, s.label, ds.patient_id_from_name(n)) for n in names]
+    samples = real + extra
+    assert len({s.patient_id for s in samples}) == len(real)
+    for seed in range(10):
+        for fraction in (0.15, 0.34, 0.5):
+            train_s, val_s = ds.patient_split(samples, fraction, seed)
+            _check_split(samples, train_s, val_s)
+            assert {s.label for s in val_s} == {0, 1}
+
+
+def test_patient_split_property_random_datasets():
+    rng = random.Random(1234)
+    for trial in range(300):
+        samples = []
+        for p in range(rng.randint(1, 25)):
+            label = rng.random() < 0.7
+            for i in range(rng.randint(1, 6)):
+                # now and then a patient with both labels (majority decides its stratum)
+                y = int(label) if rng.random() > 0.1 else int(not label)
+                samples.append(ds.Sample(Path(f"/data/{p}_{i}.jpeg"), y, f"pat{p}"))
+        fraction, seed = rng.choice([0.0, 0.1, 0.15, 0.3, 0.5, 0.9, 1.0]), rng.randint(0, 10 ** 6)
+        train_s, val_s = ds.patient_split(samples, fraction, seed)
+        _check_split(samples, train_s, val_s)
+        assert (train_s, val_s) == ds.patient_split(samples, fraction, seed)   # deterministic
+        if fraction == 0.0:
+            assert not val_s
+        # per stratum, validation reaches its share without overshooting by a whole patient
+        by_patient: dict[str, list] = {}
+        for s in samples:
+            by_patient.setdefault(s.patient_id, []).append(s)
+        val_ids = {s.patient_id for s in val_s}
+        for label in (0, 1):
+            ids = [p for p, ss in by_patient.items() if round(sum(x.label for x in ss) / len(ss)) == label]
+            total = sum(len(by_patient[p]) for p in ids)
+            in_val = sum(len(by_patient[p]) for p in ids if p in val_ids)
+            biggest = max((len(by_patient[p]) for p in ids), default=0)
+            assert in_val >= min(fraction * total, total) - 1e-9
+            assert in_val < fraction * total + biggest or in_val == 0
+
+
+def test_the_runs_split_never_shares_a_patient(tiny_run):
+    split = json.loads((tiny_run / "split.json").read_text())
+    train_p = {r["patient"] for r in split["train"]}
+    val_p = {r["patient"] for r in split["val"]}
+    assert train_p and val_p and not train_p & val_p
+
+
+# ------------------------------------------------------------------ duplicates and manifests
+
+def _copy_sample(dst: Path) -> Path:
+    shutil.copytree(SAMPLE, dst)
+    return dst
+
+
+def test_byte_identical_files_are_dropped(tmp_path):
+    data = _copy_sample(tmp_path / "data")
+    original = data / "NORMAL" / "IM-0115-0001.jpeg"
+    twin = data / "NORMAL" / "IM-0115-0001-0002.jpeg"           # same bytes, another name
+    near = data / "NORMAL" / "IM-0115-0001-0003.jpeg"           # one byte more: a different file
+    shutil.copyfile(original, twin)
+    near.write_bytes(original.read_bytes() + b"\0")
+    samples = ds.index_folder(data)
+    kept, dropped = ds.drop_duplicates(samples)
+    assert dropped == [(twin, original)] or dropped == [(original, twin)]
+    assert len(kept) == len(samples) - 1 and near in {s.path for s in kept}
+
+    args = train.get_args_parser().parse_args(["--data-dir", str(data), "--out", str(tmp_path / "run"),
+                                               "--val-fraction", "0.34"])
+    train_s, val_s, summary = train.prepare_data(args)
+    assert summary["duplicates_dropped"] == 1
+    assert len(train_s) + len(val_s) == len(samples) - 1
+    assert len({s.path for s in train_s + val_s} & {twin, original}) == 1
+
+
+def _write_manifest(path: Path, rows: list[dict], header=("path", "label", "patient_id")) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(header), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_manifest_csv_input(tmp_path):
+    images = _copy_sample(tmp_path / "images")
+    files = sorted(images.rglob("*.jpeg"))
+    label_words = {"NORMAL": ["normal", "0", "Negative"], "PNEUMONIA": ["PNEUMONIA", "1", "positive"]}
+    rows = []
+    for i, f in enumerate(files):
+        words = label_words[f.parent.name]
+        rows.append({"path": os.path.relpath(f, tmp_path / "lists"), "label": words[i % 3],
+                     # two normal files declared to be one patient: they must stay together
+                     "patient_id": "shared" if f.name in (files[0].name, files[1].name) else ""})
+    (tmp_path / "lists").mkdir()
+    manifest = _write_manifest(tmp_path / "lists" / "manifest.csv", rows)
+
+    samples = ds.index_dataset(manifest)
+    assert [s.path for s in samples] == [f.resolve() for f in files]
+    assert [s.label for s in samples] == [int(f.parent.name == "PNEUMONIA") for f in files]
+    assert {s.split for s in samples} == {"manifest"}
+    assert samples[0].patient_id == samples[1].patient_id == "shared"
+    assert samples[2].patient_id == ds.patient_id_from_name(files[2].name)
+
+    # the training CLI takes the manifest as --data-dir and trains on it
+    out = tmp_path / "run"
+    with single_thread():
+        best = train.main(train.get_args_parser().parse_args(
+            [*TINY_ARGS, "--data-dir", str(manifest), "--out", str(out), "--epochs", "1"]))
+    split = json.loads((out / "split.json").read_text())
+    sides = [{r["path"] for r in split[k]} for k in ("train", "val")]
+    shared = {str(samples[0].path), str(samples[1].path)}
+    assert shared <= sides[0] or shared <= sides[1]
+    assert json.loads((best / "model_card.json").read_text())["training"]["data_dir"] == str(manifest)
+
+    bad = _write_manifest(tmp_path / "bad.csv", [{"path": "x.jpeg", "label": "maybe"}])
+    with pytest.raises(ValueError, match=r"line 2.*'maybe'"):
+        ds.index_dataset(bad)
+    no_label = _write_manifest(tmp_path / "nolabel.csv", [{"path": "x.jpeg"}], header=("path",))
+    with pytest.raises(ValueError, match="label"):
+        ds.index_dataset(no_label)
