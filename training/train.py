@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
@@ -107,6 +107,18 @@ def _set_rng_state(s: dict) -> None:
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
     np.random.set_state(("MT19937", s["numpy"].numpy(), s["numpy_pos"], 0, 0.0))
     torch.set_rng_state(s["torch"])
+
+
+def ema_with_warmup(decay: float):
+    """EMA whose decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates.
+
+    A fixed decay would keep a large share of the random initial weights (and their BatchNorm
+    statistics) for hundreds of steps, so a short run's average would be worse than the model.
+    """
+    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = torch.clamp((1.0 + n) / (10.0 + n), max=decay).to(averaged.dtype)
+        return averaged * d + current * (1 - d) if averaged.is_floating_point() else current
+    return avg
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -203,7 +215,7 @@ def main(args: argparse.Namespace) -> Path:
 
     model = policy.prepare_model(build_model(args.arch, in_channels=args.in_channels,
                                              pretrained=args.pretrained))
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    ema = AveragedModel(model, avg_fn=ema_with_warmup(args.ema), use_buffers=True) if args.ema else None
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if args.compile:
         net = torch.compile(net)
