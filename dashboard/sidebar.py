@@ -19,7 +19,7 @@ NOTICE = ("**Decision support and research only; not a diagnostic device.** It f
 
 def _model_section() -> resources.ModelRef:
     st.subheader("Model")
-    folder = st.text_input("Checkpoint folder", key="model_dir", placeholder="shipped default model",
+    folder = st.text_input("Checkpoint folder", key="model_dir", placeholder="shipped default model", persist_state="session",
                            help=f"Leave empty for the shipped model ({DEFAULT_MODEL_DIR}). Or type the "
                                 "path of another checkpoint folder on this machine (model.safetensors "
                                 "+ model_card.json).").strip()
@@ -48,13 +48,14 @@ def _threshold_section(ref: resources.ModelRef) -> None:
     state.sync_threshold(ref.key, card.threshold)
     presets = resources.presets(ref, card, state.saved_operating_points())
     options = state.register_presets(presets)
-    st.selectbox("Operating point", options, key=state.PRESET, on_change=state.apply_preset,
+    st.selectbox("Operating point", options, key=state.PRESET, on_change=state.apply_preset, persist_state="session",
                  help="The model card's threshold, points chosen on the model's validation "
                       "predictions, and any you saved on the Performance page.")
     st.slider("Threshold (flag when probability ≥ threshold)", 0.0, 1.0, step=0.001, format="%.3f",
-              key=state.THRESHOLD, on_change=state.mark_custom,
+              key=state.THRESHOLD, on_change=state.mark_custom, persist_state="session",
               help="One threshold for every page. Moving it re-flags the worklist at once "
                    "without running the model again.")
+    st.session_state[state.SHOWN_THRESHOLD] = st.session_state[state.THRESHOLD]
     st.caption(f"Card threshold {card.threshold:.3f}: {card.threshold_rule or 'rule not stated'}")
 
 

@@ -27,6 +27,7 @@ _THRESHOLD_MODEL = "_threshold_model"
 _RUN = "_run_no"                 # counts script runs (the sidebar draws on every run)
 _TRIAGE_RUN = "_triage_run"
 _PRESET_VALUES = "_preset_values"
+SHOWN_THRESHOLD = "_threshold_shown"  # the slider value the last run drew
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ def register_presets(presets: Sequence[Preset]) -> list[str]:
 
 def apply_preset() -> None:
     """Selectbox callback: move the threshold to the chosen operating point."""
+    ss = st.session_state
+    if SHOWN_THRESHOLD in ss and ss[THRESHOLD] != ss[SHOWN_THRESHOLD]:
+        # the slider moved in this same interaction: the preset value came from a page that had not
+        # yet shown "Custom", so the slider wins
+        ss[PRESET] = CUSTOM
+        return
     value = st.session_state.get(_PRESET_VALUES, {}).get(st.session_state.get(PRESET))
     if value is not None:
         st.session_state[THRESHOLD] = float(value)

@@ -77,6 +77,22 @@ def plain_predict(model, card, files, with_gradcam: bool = False) -> float:
     return len(files) / (time.perf_counter() - t)
 
 
+def precision_check(model, card, files: list[Path]) -> str:
+    """Probabilities and AUC of the engine's policy against float32 on the same files."""
+    from engine import metrics
+    from training.data import label_from_folder
+    fast = Predictor(model, card).predict_items(_items(files))
+    plain = Predictor(model, card, plain_policy(), fuse=False).predict_items(_items(files))
+    p_fast = np.array([p.probability for p in fast if p.ok])
+    p_plain = np.array([p.probability for p in plain if p.ok])
+    labels = [label_from_folder(f.parent.name) for f in files]
+    line = f"max |p(engine) - p(float32)| over {len(p_fast)} images: {np.abs(p_fast - p_plain).max():.2e}"
+    if None not in labels and len(set(labels)) == 2:
+        line += (f"; AUC engine {metrics.roc_auc(labels, p_fast):.5f} vs float32 "
+                 f"{metrics.roc_auc(labels, p_plain):.5f}")
+    return line
+
+
 def _median(fn, repeats: int) -> float:
     return statistics.median(fn() for _ in range(repeats))
 
@@ -127,6 +143,7 @@ def main(argv=None) -> None:
     print(f"{'':<28}{'(' + pred.policy.label + ')':>14}")
     for name, e, b in rows:
         print(f"{name:<28}{e:>14.1f}{b:>14.1f}{e / b:>7.1f}x")
+    print("\n" + precision_check(model, card, files))
     if args.memory_files:
         mb = peak_memory_mb(args.data_dir, args.memory_files, args.checkpoint)
         print(f"\npeak resident memory streaming {args.memory_files} files: {mb:,.0f} MB")

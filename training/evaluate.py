@@ -12,7 +12,7 @@ by ``engine.predictor.Predictor`` exactly as the CLI and the dashboard score the
   operating points (Youden, sensitivity >= 0.95, specificity >= 0.90) chosen *on this data*.
   Undefined values (e.g. AUC with one class) are ``null``.
 - ``predictions.csv`` (``file,label,probability``). The metrics are computed from the values as
-  written there (``write_predictions_csv`` rounds to 6 decimals), so recomputing them from the
+  written there (full precision), so recomputing them from the
   CSV gives exactly metrics.json.
 - ``model_card.json``: a copy of the checkpoint's card.
 - ``figures/``: confusion matrix, ROC, precision-recall and calibration, as HTML (offline: one
