@@ -118,6 +118,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-files", type=int, default=1000)
+    ap.add_argument("--compile", action="store_true", help="also time the engine path with torch.compile")
     args = ap.parse_args(argv)
 
     files = _files(args.data_dir, args.images)
@@ -136,6 +137,13 @@ def main(argv=None) -> None:
     e = _median(lambda: engine_predict(pred, files, args.batch_size), args.repeats)
     b = _median(lambda: plain_predict(model, card, base_files), args.repeats)
     rows.append(("read + predict", e, b))
+    if args.compile:
+        compiled = Predictor(model, card, compile=True)
+        t = time.perf_counter()
+        engine_predict(compiled, files[:args.batch_size], args.batch_size)      # compiles once
+        print(f"torch.compile: {time.perf_counter() - t:.0f} s once per process")
+        rows.append(("read + predict, compiled", _median(
+            lambda: engine_predict(compiled, files, args.batch_size), args.repeats), b))
     e = _median(lambda: engine_predict_gradcam(pred, explainer, files, args.batch_size), args.repeats)
     b = _median(lambda: plain_predict(model, card, base_files[: len(base_files) // 2], True), args.repeats)
     rows.append(("read + predict + Grad-CAM", e, b))

@@ -38,6 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
     p.add_argument("--heatmaps", help="folder for one PNG per readable file: original | Grad-CAM overlay")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network: about a minute to start, then ~1.5x faster (long batches)")
     p.add_argument("--include-identifiers", action="store_true", help="add patient identifier columns (off by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -65,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from engine.predictor import Predictor  # torch loads only after the arguments are checked
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint)
+        predictor = Predictor.from_checkpoint(args.checkpoint, compile=args.compile)
     except CheckpointError as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 3
