@@ -37,6 +37,16 @@ def _margins(pred: Predictor, paths: Sequence[Path], batch_size: int = 64) -> np
     return np.concatenate(out)
 
 
+def with_margin(scores: np.ndarray, threshold: float) -> float:
+    """Move a threshold that sits exactly on a score halfway down to the next lower score.
+
+    The same studies are flagged on validation, but none sits on the boundary, where the last bit
+    of a different batch size or kernel would flip it.
+    """
+    below = scores[scores < threshold]
+    return float((threshold + below.max()) / 2) if below.size else float(threshold)
+
+
 def calibrate_checkpoint(ckpt_dir: str | Path, val_paths: Sequence[Path], val_labels: Sequence[int],
                          rule: str) -> dict:
     """Fit temperature, choose the threshold by ``rule``, update the card; return the summary."""
@@ -49,13 +59,13 @@ def calibrate_checkpoint(ckpt_dir: str | Path, val_paths: Sequence[Path], val_la
     if not both:
         rule = "fixed:0.5"
     prob = 1.0 / (1.0 + np.exp(-z / temperature))
-    op = metrics.choose_threshold(y, prob, rule)
-    summary = metrics.summarize(y, prob, op.threshold)
+    threshold = with_margin(prob, metrics.choose_threshold(y, prob, rule).threshold)
+    summary = metrics.summarize(y, prob, threshold)
     card_path = ckpt_dir / CARD_FILE
     card = json.loads(card_path.read_text())
     card["temperature"] = float(temperature)
     card["decision_threshold"] = {
-        "value": float(op.threshold),
+        "value": float(threshold),
         "rule": f"{rule} on the patient-wise validation split, after temperature scaling, scored "
                 "by the engine's predictor on the stored weights"}
     card["validation"] = summary
