@@ -24,7 +24,9 @@ def render() -> None:
     if not candidates:
         st.info(f"No evaluation folders found in {resources.EVALUATIONS_DIR}; type folder paths above.")
         return
-    chosen = st.multiselect("Evaluations", candidates, default=candidates, key="cmp_pick",
+    # The key follows the candidate list, so folders typed later start selected like the others.
+    chosen = st.multiselect("Evaluations", candidates, default=candidates,
+                            key=f"cmp_pick_{abs(hash(tuple(candidates)))}",
                             format_func=lambda p: Path(p).name or p)
     evals = []
     for path in chosen:
