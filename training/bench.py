@@ -41,6 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="also time the engine path with torch.compile")
     return p
 
 
@@ -76,7 +77,8 @@ def _load_images(data_dir: Path, n: int, image_size: int, seed: int):
 class _Path:
     """One training setup (policy, model copy, optimizer, EMA, loader) that can run timed epochs."""
 
-    def __init__(self, name: str, policy, init_model, images, labels, prep, batch_size: int, seed: int):
+    def __init__(self, name: str, policy, init_model, images, labels, prep, batch_size: int, seed: int,
+                 compile: bool = False):
         import torch
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         from torch.utils.data import DataLoader, RandomSampler
@@ -86,6 +88,7 @@ class _Path:
 
         self.name, self.policy = name, policy
         self.model = policy.prepare_model(copy.deepcopy(init_model))
+        self.net = torch.compile(self.model) if compile else self.model
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
@@ -101,7 +104,7 @@ class _Path:
 
     def run(self, batches) -> dict:
         from training.loop import train_one_epoch
-        return train_one_epoch(self.model, batches, self.loss_fn, self.optimizer, self.policy,
+        return train_one_epoch(self.net, batches, self.loss_fn, self.optimizer, self.policy,
                                ema=self.ema, grad_clip=2.0)
 
     def warm_up(self, steps: int) -> None:
@@ -134,6 +137,9 @@ def run(args: argparse.Namespace) -> dict:
                    args.batch_size, args.seed),
              _Path(f"plain ({baseline.label}, eager)", baseline, init, images, labels, prep,
                    args.batch_size, args.seed)]
+    if args.compile:
+        paths.append(_Path(f"engine + torch.compile", engine_policy, init, images, labels, prep,
+                           args.batch_size, args.seed, compile=True))
     for p in paths:
         p.warm_up(args.warmup_steps)
     for _ in range(max(args.repeats, 1)):
@@ -145,6 +151,8 @@ def run(args: argparse.Namespace) -> dict:
     for p, m in zip(paths, medians):
         print(f"{p.name:<{width}}  {m:>14.1f}  {', '.join(f'{r:.1f}' for r in p.rates)}")
     ratio = medians[0] / medians[1] if medians[1] > 0 else float("nan")
+    if args.compile and medians[1] > 0:
+        print(f"speed-up with torch.compile: {medians[2] / medians[1]:.2f}x")
     print(f"\nspeed-up of the engine's path: {ratio:.2f}x")
     if engine_policy.autocast_dtype is None:
         print("(no native bfloat16 on this CPU: the engine's path runs float32 + channels_last here)")
