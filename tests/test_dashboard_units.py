@@ -7,7 +7,6 @@ import csv
 import hashlib
 import io
 import json
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -26,6 +25,7 @@ from dashboard import evaluation as E
 from dashboard import figures as F
 from dashboard import imaging, worklist as W
 from dashboard.state import build_presets
+from helpers import zip_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "sample"
@@ -64,14 +64,6 @@ def _upload(path_or_name, data=None, uid=None):
     return B.Upload(uid or path_or_name, path_or_name, len(data), lambda d=data: d)
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 # --------------------------------------------------------------------------- batch
 
 def test_batch_scores_each_content_once_and_lists_unreadable():
@@ -95,7 +87,7 @@ def test_batch_scores_each_content_once_and_lists_unreadable():
 def test_batch_limits_refuse_with_a_message(monkeypatch):
     monkeypatch.setattr(B, "MAX_FILE_BYTES", 10_000)
     big = bytes(20_000)
-    archive = _zip({f"NORMAL/{p.name}": p.read_bytes() for p in JPEGS[:3]})
+    archive = zip_bytes({f"NORMAL/{p.name}": p.read_bytes() for p in JPEGS[:3]})
     ups = [_upload("big.dcm", big), _upload("a.zip", archive)]
     res = B.process_uploads(ups, FakePredictor(), "m", B.PredictionCache(), max_files=2)
     big_rec = res["big.dcm"].records[0]
