@@ -26,6 +26,7 @@ from engine.device import DevicePolicy, select_policy
 from engine.errors import ImageReadError
 from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
 from engine.sources import InputItem
+from models.conv_gemm import to_plain_conv2d
 
 ProgressCallback = Callable[[int, Optional[int]], None]   # (done, total or None)
 
@@ -62,7 +63,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every BatchNorm folded into the preceding convolution (eval only)."""
     try:
         from torch.fx.experimental.optimization import fuse
-        return fuse(copy.deepcopy(model).eval())
+        return fuse(to_plain_conv2d(copy.deepcopy(model)).eval())
     except Exception:  # models fx cannot trace still work, just without folding
         return copy.deepcopy(model).eval()
 

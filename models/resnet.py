@@ -14,11 +14,13 @@ from typing import Callable, Optional, Type, Union
 import torch
 from torch import nn
 
+from models.conv_gemm import Conv2d
+
 AttnFactory = Optional[Callable[[int], nn.Module]]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+    return Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

@@ -57,7 +57,9 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None
     blur = torch.rand(n, generator=g) < cfg.blur_p
     if blur.any():
         x[blur] = F.avg_pool2d(x[blur], 3, stride=1, padding=1, count_include_pad=False)
-    noisy = (torch.rand(n, generator=g) < cfg.noise_p).float().view(shape)
-    std = _uniform(n, 0, cfg.noise_std, g).view(shape) * noisy
-    x = x + torch.randn(x.shape, generator=g) * std
+    noisy = torch.rand(n, generator=g) < cfg.noise_p
+    std = _uniform(n, 0, cfg.noise_std, g)
+    if noisy.any():  # noise drawn for the chosen images only: a full-batch randn is the costliest step
+        k = int(noisy.sum())
+        x[noisy] += torch.randn((k, *x.shape[1:]), generator=g) * std[noisy].view(k, 1, 1, 1)
     return x.clamp(0, 1)

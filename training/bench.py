@@ -6,8 +6,10 @@
 Both paths train on the same in-memory decoded images (decoded once, as ``training.train`` does)
 with the same batched augmentation, loss, AdamW, gradient clipping and EMA, starting from the same
 initial weights: the engine's path uses ``engine.device.select_policy()`` (on a CPU with native
-bfloat16: bfloat16 autocast + channels_last), the baseline ``engine.device.plain_policy()``
-(float32, eager, contiguous). Each repeat is one epoch over ``--images`` images per path, the two
+bfloat16: bfloat16 autocast + channels_last), the models' training fast paths (CBAM as one autograd
+function, GEMM weight gradients for layer4; ``models.fused``) and the fused AdamW kernel, as
+``training.train`` does; the baseline ``engine.device.plain_policy()`` (float32, eager,
+contiguous), every module as written and the default AdamW. Each repeat is one epoch over ``--images`` images per path, the two
 paths alternating so that background load hits both alike; the medians and their ratio are
 printed, after a short untimed warm-up. A benchmark prints figures; it never fails a build (exit
 code 0 whatever happens).
@@ -41,6 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the engine's path")
     p.add_argument("--compile", action="store_true", help="also time the engine path with torch.compile")
     return p
 
@@ -78,28 +81,29 @@ class _Path:
     """One training setup (policy, model copy, optimizer, EMA, loader) that can run timed epochs."""
 
     def __init__(self, name: str, policy, init_model, images, labels, prep, batch_size: int, seed: int,
-                 compile: bool = False):
+                 engine: bool, compile: bool = False, workers: int = 0):
         import torch
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         from torch.utils.data import DataLoader, RandomSampler
         from training.augment import AugmentConfig
         from training.loop import BatchCollator
         from training.losses import build_loss
+        from models.fused import set_fused_training
+        from training.optim import build_adamw
 
         self.name, self.policy = name, policy
         self.model = policy.prepare_model(copy.deepcopy(init_model))
+        set_fused_training(self.model, engine)  # the plain loop runs every module as written
         self.net = torch.compile(self.model) if compile else self.model
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
+        self.optimizer = build_adamw(self.model, 1e-3, 0.05, fused=engine)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(0.998), use_buffers=True)
         self.loss_fn = build_loss("weighted_ce", labels, 0.1).to(policy.device)
         collate = BatchCollator(images, labels, prep, AugmentConfig())
         g = torch.Generator().manual_seed(seed)
         self.loader = DataLoader(range(len(labels)), batch_size=batch_size, collate_fn=collate,
                                  sampler=RandomSampler(range(len(labels)), generator=g),
-                                 drop_last=len(labels) > batch_size)
+                                 drop_last=len(labels) > batch_size, num_workers=workers,
+                                 persistent_workers=workers > 0)
         self.rates: list[float] = []
 
     def run(self, batches) -> dict:
@@ -133,13 +137,12 @@ def run(args: argparse.Namespace) -> dict:
     init = build_model(args.arch, in_channels=prep.in_channels)
     print(f"model: {args.arch}, {args.image_size}px, batch {args.batch_size}; {args.repeats} timed epoch(s) per "
           f"path after {args.warmup_steps} warm-up step(s), paths alternating")
-    paths = [_Path(f"engine ({engine_policy.label})", engine_policy, init, images, labels, prep,
-                   args.batch_size, args.seed),
-             _Path(f"plain ({baseline.label}, eager)", baseline, init, images, labels, prep,
-                   args.batch_size, args.seed)]
+    common = (init, images, labels, prep, args.batch_size, args.seed)
+    paths = [_Path(f"engine ({engine_policy.label}, fused kernels)", engine_policy, *common, engine=True,
+                   workers=args.workers),
+             _Path(f"plain ({baseline.label}, eager)", baseline, *common, engine=False)]
     if args.compile:
-        paths.append(_Path(f"engine + torch.compile", engine_policy, init, images, labels, prep,
-                           args.batch_size, args.seed, compile=True))
+        paths.append(_Path("engine + torch.compile", engine_policy, *common, engine=True, compile=True))
     for p in paths:
         p.warm_up(args.warmup_steps)
     for _ in range(max(args.repeats, 1)):

@@ -36,6 +36,7 @@ from training import data as ds
 from training.augment import AugmentConfig
 from training.cache import decode_samples
 from training.losses import build_loss
+from training.optim import build_adamw
 from training.loop import BatchCollator, predict_logits, train_one_epoch
 from training.calibrate import calibrate_checkpoint
 from training.report import write_curves
@@ -219,11 +220,7 @@ def main(args: argparse.Namespace) -> Path:
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if args.compile:
         net = torch.compile(net)
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    optimizer = build_adamw(model, args.lr, args.weight_decay)
     loss_fn = build_loss(args.loss, train_y, args.label_smoothing).to(policy.device)
     scaler = torch.amp.GradScaler("cuda") if policy.autocast_dtype == torch.float16 else None
 

@@ -1,0 +1,48 @@
+"""training/augment.py on real sample radiographs: identity when switched off, seeded, bounded."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.preprocess import Preprocessing
+from training import data as ds
+from training.augment import AugmentConfig, augment_batch
+from training.cache import decode_samples
+
+SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample" / "kermany"
+OFF = AugmentConfig(rotate_deg=0, scale=(1, 1), shift=0, brightness=0, contrast=(1, 1), gamma=(1, 1),
+                    blur_p=0, noise_p=0)
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    images, _ = decode_samples(ds.index_folder(SAMPLE)[:6], Preprocessing(image_size=64))
+    return images.unsqueeze(1)
+
+
+def test_everything_off_is_the_identity(batch):
+    torch.testing.assert_close(augment_batch(batch, OFF), batch, atol=1e-5, rtol=0)
+
+
+def test_same_seed_same_batch_and_values_stay_in_range(batch):
+    a = augment_batch(batch, AugmentConfig(), torch.Generator().manual_seed(3))
+    b = augment_batch(batch, AugmentConfig(), torch.Generator().manual_seed(3))
+    c = augment_batch(batch, AugmentConfig(), torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == batch.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+@pytest.mark.parametrize("p, changed", [(0.0, 0), (1.0, 6)])
+def test_noise_reaches_exactly_the_chosen_images(batch, p, changed):
+    cfg = AugmentConfig(**{**OFF.as_dict(), "noise_p": p, "noise_std": 0.05})
+    out = augment_batch(batch, cfg, torch.Generator().manual_seed(0))
+    differs = (out - batch).abs().flatten(1).amax(1) > 1e-4
+    assert int(differs.sum()) == changed
+
+
+def test_the_input_batch_is_not_modified(batch):
+    before = batch.clone()
+    augment_batch(batch, AugmentConfig(noise_p=1.0, blur_p=1.0))
+    torch.testing.assert_close(batch, before)
