@@ -275,6 +275,8 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
 
     app.slider(key="rv_opacity").set_value(0.8).run()
     assert any("opacity 0.80" in c for img in app.image for c in img.captions)
+    app.slider(key="rv_min_heat").set_value(0.5).run()
+    assert any("heat ≥ 0.50" in c for img in app.image for c in img.captions)
     assert calls.explained == 1                                   # display changes reuse the heatmap
 
     app.radio(key="review_decision").set_value("disagree")

@@ -132,10 +132,14 @@ def render() -> None:
                               help="Grad-CAM is fast; the others take seconds on a CPU.")
         cmap = d2.selectbox("Colormap", list(COLORMAPS), key="rv_cmap", persist_state="session")
         opacity = d3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="rv_opacity", persist_state="session")
-        w1, w2 = st.columns(2)
+        w1, w2, w3 = st.columns(3)
         center = w1.slider("Window level (centre)", 0.0, 1.0, 0.5, 0.01, key="rv_center",
                            persist_state="session", help="Display only: the model always sees the full range.")
         width = w2.slider("Window width", 0.05, 1.0, 1.0, 0.01, key="rv_width", persist_state="session")
+        min_heat = w3.slider("Overlay only where heat ≥", 0.0, 0.9, 0.2, 0.05, key="rv_min_heat",
+                             persist_state="session",
+                             help="Leaves the radiograph untinted where the explanation is weak "
+                                  "(heat is scaled 0-1 per image); 0 tints the whole film.")
 
     try:
         imgs = resources.study_images(sha, pred.prep.image_size, item, pred.prep)
@@ -144,7 +148,7 @@ def render() -> None:
         return
     heat = resources.heatmap(ref.key, sha, method, resources.explainer(ref), imgs.model_input)
     original, overlay, alone = imaging.review_panels(imgs.display, heat, center=center, width=width,
-                                                     colormap=cmap, opacity=opacity)
+                                                     colormap=cmap, opacity=opacity, min_heat=min_heat)
 
     p = rec.probability
     s1, s2, s3 = st.columns(3)
@@ -157,12 +161,14 @@ def render() -> None:
 
     c1, c2 = st.columns(2)
     c1.image(original, caption=f"{rec.name} (window {center:.2f} / {width:.2f})", width="stretch")
-    c2.image(overlay, caption=f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f})",
+    c2.image(overlay, caption=f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, "
+                              f"heat ≥ {min_heat:.2f})",
              width="stretch")
     h1, h2 = st.columns(2)
     with h1:
         st.image(alone, caption=f"{METHOD_NAMES.get(method, method)} heatmap alone "
-                                f"(evidence for pneumonia; warmer colours = more)", width="stretch")
+                                f"(evidence for pneumonia, warmer = more; scaled within this image, so a low-probability "
+                                f"study still shows a warmest spot)", width="stretch")
     with h2:
         _header_panel(imgs.image)
     _review_form(rec, f"{pred.card.name} {pred.card.version}".strip(), thr)
