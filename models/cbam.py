@@ -20,6 +20,8 @@ def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     count = 1
     for d in dims:
         count *= x.shape[d]
+    if x.dtype == torch.float16:   # a float16 sum over thousands of positions can pass 65,504
+        return (x.sum(dims, keepdim=True, dtype=torch.float32) / count).to(x.dtype)
     return x.sum(dims, keepdim=True) / count
 
 

@@ -70,6 +70,20 @@ def test_fused_in_bfloat16_autocast_stays_close_to_float32():
         assert cos > 0.98 and torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("path", ["modules", "fused"])
+def test_float16_sums_do_not_overflow(path):
+    """A 56x56 map of activations around 30 sums past float16's 65,504; CUDA AMP trains in float16."""
+    module = _cbam(8, dtype=torch.float32)
+    x = (30 + torch.rand(2, 8, 56, 56)).half()
+    fn = (lambda m, v: m.spatial(m.channel(v))) if path == "modules" else _fused
+    ref = _value_and_grads(lambda m, v: m.spatial(m.channel(v)), module, x.float(), torch.ones(2, 8, 56, 56))
+    with torch.autocast("cpu", enabled=False):
+        out = fn(module.half(), x.detach().clone().requires_grad_())
+    module.float()
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref[0], atol=0.1, rtol=0.02)
+
+
 def test_tied_maxima_keep_the_total_gradient():
     """Ties (common in bfloat16): amax splits the gradient, the fused path gives it to one element."""
     module = _cbam(8, seed=5)
