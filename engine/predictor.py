@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +28,8 @@ from engine.errors import ImageReadError
 from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
 from engine.sources import InputItem
 from models.conv_gemm import to_plain_conv2d
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, Optional[int]], None]   # (done, total or None)
 
@@ -64,7 +67,9 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     try:
         from torch.fx.experimental.optimization import fuse
         return fuse(to_plain_conv2d(copy.deepcopy(model)).eval())
-    except Exception:  # models fx cannot trace still work, just without folding
+    except Exception as exc:  # models fx cannot trace still work, just without folding
+        log.warning("BatchNorm not folded (torch.fx could not trace %s: %s); inference runs unfolded",
+                    type(model).__name__, exc)
         return copy.deepcopy(model).eval()
 
 

@@ -9,6 +9,7 @@ channel-wise average and maximum maps), each as a sigmoid gate: ``x * gate(x)``.
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import nn
 
 from models.cbam_fused import fused_cbam
@@ -23,6 +24,11 @@ def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     if x.dtype == torch.float16:   # a float16 sum over thousands of positions can pass 65,504
         return (x.sum(dims, keepdim=True, dtype=torch.float32) / count).to(x.dtype)
     return x.sum(dims, keepdim=True) / count
+
+
+# torch.fx (the predictor folds BatchNorm by tracing) records _mean as one call instead of tracing
+# into its dtype test, which a symbolic tensor cannot answer.
+torch.fx.wrap("_mean")
 
 
 class ChannelAttention(nn.Module):
