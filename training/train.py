@@ -32,6 +32,7 @@ from engine.checkpoint import ModelCard, save_checkpoint
 from engine.device import hardware_summary, select_policy
 from engine.preprocess import Preprocessing
 from models import ARCHITECTURES, build_model
+from models.fused import set_fused_training
 from training import data as ds
 from training.augment import AugmentConfig
 from training.cache import decode_samples
@@ -76,6 +77,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (augmentation)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
+    p.add_argument("--plain-kernels", action="store_true",
+                   help="run every module as written, without the fused training kernels (same function; "
+                        "for debugging, or hardware where they have not been measured, such as CUDA)")
     p.add_argument("--precision", choices=["auto", "float32"], default="auto")
     p.add_argument("--threshold-rule", default=DEFAULT_THRESHOLD_RULE,
                    help="how the decision threshold is chosen on validation: youden, sensitivity>=X, specificity>=X, fixed:X")
@@ -211,11 +215,13 @@ def main(args: argparse.Namespace) -> Path:
     train_y = torch.tensor([s.label for s in train])
     if rank == 0:
         _write_split(out, train, val)
-        log.info("decoded %d train + %d val images once in %.1fs (%s)", len(train), len(val),
-                 time.perf_counter() - t0, policy.label)
+        log.info("decoded %d train + %d val images once in %.1fs (%s, %s)", len(train), len(val),
+                 time.perf_counter() - t0, policy.label,
+                 "plain kernels" if args.plain_kernels else "fused training kernels")
 
     model = policy.prepare_model(build_model(args.arch, in_channels=args.in_channels,
                                              pretrained=args.pretrained))
+    set_fused_training(model, not args.plain_kernels)
     ema = AveragedModel(model, avg_fn=ema_with_warmup(args.ema), use_buffers=True) if args.ema else None
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if args.compile:
