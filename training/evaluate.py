@@ -34,7 +34,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -352,9 +352,13 @@ def format_summary(m: dict, out: Path) -> str:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    return run_command(main, get_args_parser().parse_args(argv))
+
+
+def run_command(command: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run an evaluation-style command; exit code 0 done, 2 usage or data error, 3 bad checkpoint."""
     try:
-        main(args)
+        command(args)
     except CheckpointError as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 3

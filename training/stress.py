@@ -30,10 +30,9 @@ import cv2
 import numpy as np
 
 from engine import metrics as M
-from engine.checkpoint import CheckpointError
 from engine.decode import read_image
 from engine.errors import ImageReadError
-from training.evaluate import EvaluationError, display_name, index_eval_data
+from training.evaluate import EvaluationError, display_name, index_eval_data, run_command
 
 Condition = Callable[[np.ndarray], np.ndarray]   # (H, W) float32 in [0, 1] -> the same
 
@@ -213,16 +212,7 @@ def main(args: argparse.Namespace) -> list[StressRow]:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except CheckpointError as exc:
-        print(f"error: cannot load the model: {exc}", file=sys.stderr)
-        return 3
-    except (EvaluationError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(main, get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
