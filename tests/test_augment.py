@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,3 +48,16 @@ def test_the_input_batch_is_not_modified(batch):
     before = batch.clone()
     augment_batch(batch, AugmentConfig(noise_p=1.0, blur_p=1.0))
     torch.testing.assert_close(batch, before)
+
+
+def test_black_border_puts_every_chosen_film_on_black(batch):
+    out = augment_batch(batch, dataclasses.replace(OFF, border_p=1.0), torch.Generator().manual_seed(1))
+    black = (out == 0).flatten(1).float().mean(1)
+    before = (batch == 0).flatten(1).float().mean(1)     # some films have a little pure black already
+    assert bool((black - before > 0.05).all())     # shrunk to at most 95%: about 10% or more is border
+
+
+def test_full_equalisation_gives_a_flat_histogram(batch):
+    out = augment_batch(batch, dataclasses.replace(OFF, equalize_p=1.0, equalize_mix=(1.0, 1.0)))
+    values = out.flatten(1).sort(1).values
+    torch.testing.assert_close(values, torch.linspace(0, 1, values.shape[1]).expand_as(values))

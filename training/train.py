@@ -75,6 +75,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=4, help="early stopping on validation AUC (epochs)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off: anatomy is asymmetric)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment-border", type=float, default=0.0, metavar="P",
+                   help="probability of a black border around the shrunk film (wider collimation; off by default)")
+    p.add_argument("--augment-equalize", type=float, default=0.0, metavar="P",
+                   help="probability of blending in histogram equalisation (off by default)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (augmentation)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
     p.add_argument("--plain-kernels", action="store_true",
@@ -166,7 +170,7 @@ def _finalise(model, card: ModelCard, out_dir: Path, val_samples, rule: str, hal
 RESUME_MUST_MATCH = ("data_dir", "arch", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
                      "scheduler", "image_size", "in_channels", "intensity", "seed", "limit",
                      "train_splits", "val_fraction", "loss", "sampler", "label_smoothing", "ema",
-                     "hflip", "no_augment", "pretrained")
+                     "hflip", "no_augment", "augment_border", "augment_equalize", "pretrained")
 
 
 def _check_resume_args(saved: dict, now: dict) -> None:
@@ -230,7 +234,8 @@ def main(args: argparse.Namespace) -> Path:
     loss_fn = build_loss(args.loss, train_y, args.label_smoothing).to(policy.device)
     scaler = torch.amp.GradScaler("cuda") if policy.autocast_dtype == torch.float16 else None
 
-    augment = None if args.no_augment else AugmentConfig(hflip=args.hflip)
+    augment = None if args.no_augment else AugmentConfig(hflip=args.hflip, border_p=args.augment_border,
+                                                         equalize_p=args.augment_equalize)
     collate = BatchCollator(train_x, train_y, prep, augment)
     g = torch.Generator().manual_seed(args.seed)
     if world > 1:
