@@ -13,6 +13,7 @@ import torch.fx
 from torch import nn
 
 from models.cbam_fused import fused_cbam
+from models.fused import fast_path_applies
 
 
 def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -70,8 +71,7 @@ class CBAM(nn.Module):
         self.spatial = SpatialAttention(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.fused_training and self.training and torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):
+        if fast_path_applies(self):
             # Same function, one autograd node: about half the time of the module-by-module
             # backward on CPU (see models/cbam_fused.py). Evaluation, explanation (Captum hooks
             # the modules) and torch.compile (which fuses the modules itself) use the modules.

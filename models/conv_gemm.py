@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.fused import fast_path_applies
+
 # Output maps up to this many positions take the GEMM path (layer4 at 224 px is 7x7 = 49).
 # Measured here, batch 32, bfloat16: at 7x7 the GEMM takes 35-40% of oneDNN's time; at 14x14 (layer3)
 # the two are about even, so layer3 stays with oneDNN.
@@ -70,8 +72,7 @@ class Conv2d(nn.Conv2d):
     fused_training = True
 
     def _gemm_applies(self, x: torch.Tensor) -> bool:
-        if not (self.fused_training and self.training and torch.is_grad_enabled()
-                and x.device.type == "cpu" and x.dim() == 4 and not torch.compiler.is_compiling()):
+        if not (fast_path_applies(self) and x.device.type == "cpu" and x.dim() == 4):
             return False
         if (self.groups != 1 or self.bias is not None or self.padding_mode != "zeros"
                 or self.dilation != (1, 1) or isinstance(self.padding, str)):

@@ -9,8 +9,8 @@ initial weights: the engine's path uses ``engine.device.select_policy()`` (on a 
 bfloat16: bfloat16 autocast + channels_last), the models' training fast paths (CBAM as one autograd
 function, GEMM weight gradients for layer4; ``models.fused``) and the fused AdamW kernel, as
 ``training.train`` does; the baseline ``engine.device.plain_policy()`` (float32, eager,
-contiguous), every module as written and the default AdamW. Each repeat is one epoch over ``--images`` images per path, the two
-paths alternating so that background load hits both alike; the medians and their ratio are
+contiguous), every module as written and the default AdamW. Each repeat is one epoch over
+``--images`` images per path, the two paths alternating so that background load hits both alike; the medians and their ratio are
 printed, after a short untimed warm-up. A benchmark prints figures; it never fails a build (exit
 code 0 whatever happens).
 """
@@ -43,7 +43,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the engine's path")
     p.add_argument("--compile", action="store_true", help="also time the engine path with torch.compile")
     return p
 
@@ -81,7 +80,7 @@ class _Path:
     """One training setup (policy, model copy, optimizer, EMA, loader) that can run timed epochs."""
 
     def __init__(self, name: str, policy, init_model, images, labels, prep, batch_size: int, seed: int,
-                 engine: bool, compile: bool = False, workers: int = 0):
+                 engine: bool, compile: bool = False):
         import torch
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         from torch.utils.data import DataLoader, RandomSampler
@@ -102,8 +101,7 @@ class _Path:
         g = torch.Generator().manual_seed(seed)
         self.loader = DataLoader(range(len(labels)), batch_size=batch_size, collate_fn=collate,
                                  sampler=RandomSampler(range(len(labels)), generator=g),
-                                 drop_last=len(labels) > batch_size, num_workers=workers,
-                                 persistent_workers=workers > 0)
+                                 drop_last=len(labels) > batch_size)
         self.rates: list[float] = []
 
     def run(self, batches) -> dict:
@@ -138,8 +136,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"model: {args.arch}, {args.image_size}px, batch {args.batch_size}; {args.repeats} timed epoch(s) per "
           f"path after {args.warmup_steps} warm-up step(s), paths alternating")
     common = (init, images, labels, prep, args.batch_size, args.seed)
-    paths = [_Path(f"engine ({engine_policy.label}, fused kernels)", engine_policy, *common, engine=True,
-                   workers=args.workers),
+    paths = [_Path(f"engine ({engine_policy.label}, fused kernels)", engine_policy, *common, engine=True),
              _Path(f"plain ({baseline.label}, eager)", baseline, *common, engine=False)]
     if args.compile:
         paths.append(_Path("engine + torch.compile", engine_policy, *common, engine=True, compile=True))

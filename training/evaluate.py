@@ -57,8 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + model_card.json)")
-    p.add_argument("--data-dir", required=True, help="SPLIT/CLASS/*, CLASS/* or a CSV manifest")
-    p.add_argument("--split", help="which split folder of --data-dir (omit for an unsplit folder)")
+    add_data_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -68,6 +67,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- data
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--split``, read by :func:`index_eval_data`."""
+    p.add_argument("--data-dir", required=True, help="SPLIT/CLASS/*, CLASS/* or a CSV manifest")
+    p.add_argument("--split", help="which split folder of --data-dir (omit for an unsplit folder)")
+
 
 def index_eval_data(data_dir: str | Path, split: Optional[str]) -> list[ds.Sample]:
     """The labelled samples to evaluate; errors name the folder and the valid choices."""
