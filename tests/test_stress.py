@@ -66,3 +66,11 @@ def test_cli_writes_the_table_and_names_bad_conditions(tmp_path, capsys):
     assert "blur 5 px" in capsys.readouterr().out
     assert stress.cli(["--data-dir", str(SAMPLE), "--conditions", "as is,sepia"]) == 2
     assert "'sepia'" in capsys.readouterr().err
+
+
+def test_help_lists_every_condition(capsys):
+    with pytest.raises(SystemExit) as done:
+        stress.cli(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())     # argparse wraps the lines
+    assert all(name in text for name in stress.CONDITIONS)

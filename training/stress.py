@@ -32,7 +32,8 @@ import numpy as np
 from engine import metrics as M
 from engine.decode import read_image
 from engine.errors import ImageReadError
-from training.evaluate import EvaluationError, display_name, index_eval_data, run_command
+from training.evaluate import (EvaluationError, add_data_arguments, display_name, index_eval_data,
+                               run_command)
 
 Condition = Callable[[np.ndarray], np.ndarray]   # (H, W) float32 in [0, 1] -> the same
 
@@ -118,11 +119,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.stress", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped model)")
-    p.add_argument("--data-dir", required=True, help="SPLIT/CLASS/*, CLASS/* or a CSV manifest")
-    p.add_argument("--split", help="which split folder of --data-dir (omit for an unsplit folder)")
+    add_data_arguments(p)
     p.add_argument("--out", type=Path, help="CSV file for the table")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
-    p.add_argument("--conditions", help=f"comma-separated subset of: {', '.join(CONDITIONS)}")
+    names = ", ".join(CONDITIONS).replace("%", "%%")   # argparse %-formats help strings
+    p.add_argument("--conditions", help=f"comma-separated subset of: {names}")
     return p
 
 
