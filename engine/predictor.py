@@ -1,8 +1,10 @@
 """Batched, streaming inference from a checkpoint, on the engine's device and precision policy.
 
-Decoding runs in a small thread pool ahead of the network (OpenCV and the DICOM codecs release
-the GIL), with at most ``2 * batch_size`` files in flight, so memory stays bounded whatever the
-number of inputs. Each input yields exactly one :class:`Prediction`: a probability or an error.
+Decoding runs ahead of the network in worker processes (:mod:`engine.decode.pool`: a decoder that
+aborts costs one file), fed by a few threads, with at most ``2 * batch_size`` files in flight; the
+workers send back only the network input and, when asked, a display copy, so memory stays bounded
+whatever the number and size of the inputs. Each input yields exactly one :class:`Prediction`: a
+probability or an error.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine import limits
 from engine.checkpoint import ModelCard, load_checkpoint
-from engine.decode import read_image
+from engine.decode.pool import DecodePool, default_pool
 from engine.device import DevicePolicy, select_policy
 from engine.errors import ImageReadError
 from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
@@ -46,7 +49,7 @@ class Prediction:
     sha256: str = ""
     metadata: StudyMetadata = field(default_factory=StudyMetadata)
     identifiers: PatientIdentifiers = field(default_factory=PatientIdentifiers)
-    image: Optional[DecodedImage] = None          # kept only with ``keep_images=True``
+    image: Optional[DecodedImage] = None          # ``keep_images=True``: pixels are a display copy
 
     @property
     def ok(self) -> bool:
@@ -77,8 +80,9 @@ class Predictor:
     """Probabilities of the positive class ("pneumonia") for decoded images or raw files."""
 
     def __init__(self, model: nn.Module, card: ModelCard, policy: Optional[DevicePolicy] = None,
-                 *, fuse: bool = True, compile: bool = False) -> None:
+                 *, fuse: bool = True, compile: bool = False, pool: Optional[DecodePool] = None) -> None:
         self.card = card
+        self.pool = pool
         self.prep = card.preprocessing
         self.policy = policy or select_policy()
         self.model = self.policy.prepare_model(model.eval())   # shared; never mutated later
@@ -143,19 +147,20 @@ class Predictor:
             return _Decoded(item.name, error=item.error)
         try:
             data = item.read()
-        except OSError as exc:
-            return _Decoded(item.name, error=f"{item.name}: cannot be read ({exc})")
+        except ImageReadError as exc:
+            return _Decoded(item.name, error=str(exc))
+        except Exception as exc:  # a source bug must not take the batch down
+            return _Decoded(item.name, error=f"{item.name}: cannot be read ({type(exc).__name__})")
         digest = hashlib.sha256(data).hexdigest()
+        pool = self.pool or default_pool()
         try:
-            img = read_image(data, item.name)
-            resized = self.prep.resize(img.pixels)
+            study = pool.decode(data, item.name, image_size=self.prep.image_size,
+                                display_max_side=limits.DISPLAY_MAX_SIDE if keep_images else 0)
         except ImageReadError as exc:
             return _Decoded(item.name, digest, error=str(exc))
-        except Exception as exc:  # a decoder bug must not take the batch down
-            return _Decoded(item.name, digest, error=f"{item.name}: could not be decoded ({type(exc).__name__}: {exc})")
-        if not keep_images:
-            img = DecodedImage(img.name, np.empty((0, 0), np.float32), img.metadata, img.identifiers, img.warnings)
-        return _Decoded(item.name, digest, resized, img)
+        except Exception as exc:  # a pool bug must not take the batch down
+            return _Decoded(item.name, digest, error=f"{item.name}: could not be decoded ({type(exc).__name__})")
+        return _Decoded(item.name, digest, study.model_input, study.image)
 
     def predict_stream(self, items: Iterable[InputItem], *, batch_size: int = 32,
                        decode_workers: int = 2, keep_images: bool = False,

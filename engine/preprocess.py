@@ -8,10 +8,13 @@ contrast differences between scanners and hospitals). Training augments between 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:   # torch is imported only where tensors are made: decoding workers never load it
+    import torch
 
 INTENSITY_MODES = ("zscore", "imagenet", "unit")
 
@@ -46,7 +49,7 @@ class Preprocessing:
         interp = cv2.INTER_AREA if h > s or w > s else cv2.INTER_LINEAR
         return cv2.resize(pixels.astype(np.float32, copy=False), (s, s), interpolation=interp)
 
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
         """(N, 1, S, S) or (N, S, S) in [0, 1] -> the network's input (N, C, S, S)."""
         if batch.dim() == 3:
             batch = batch.unsqueeze(1)
@@ -61,6 +64,7 @@ class Preprocessing:
             batch = batch.expand(-1, 3, -1, -1)
         return batch
 
-    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
+    def __call__(self, images: list[np.ndarray]) -> "torch.Tensor":
         """Decoded images (any sizes) -> one normalised batch."""
+        import torch
         return self.normalize(torch.from_numpy(np.stack([self.resize(im) for im in images])))

@@ -17,6 +17,7 @@ error messages: files are named by the name the caller gave, and identifiers tra
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -29,7 +30,11 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.processing import apply_windowing
 
+from engine import limits
+from engine.decode import native
+from engine.decode.integrity import check_jpeg_dct, flat_tail_warning
 from engine.decode.sniff import check_declared_size, j2k_declared_size, parse_jpeg_header
+from engine.decode.vocabulary import defined_term
 from engine.errors import (CorruptImageError, ImageReadError, ImageTooLargeError, MissingPixelDataError,
                            UnsupportedFormatError)
 from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
@@ -72,6 +77,18 @@ _INSTALL = {
     uid.HTJ2KLossless: "pylibjpeg pylibjpeg-openjpeg", uid.HTJ2KLosslessRPCL: "pylibjpeg pylibjpeg-openjpeg",
     uid.HTJ2K: "pylibjpeg pylibjpeg-openjpeg", uid.RLELossless: "pylibjpeg pylibjpeg-rle",
 }
+_CODEC_LABELS = {
+    uid.JPEGBaseline8Bit: "JPEG Baseline", uid.JPEGExtended12Bit: "JPEG Extended",
+    uid.JPEGLossless: "JPEG Lossless", uid.JPEGLosslessSV1: "JPEG Lossless",
+    uid.JPEGLSLossless: "JPEG-LS", uid.JPEGLSNearLossless: "JPEG-LS",
+    uid.JPEG2000Lossless: "JPEG 2000", uid.JPEG2000: "JPEG 2000", uid.HTJ2KLossless: "HTJ2K",
+    uid.HTJ2KLosslessRPCL: "HTJ2K", uid.HTJ2K: "HTJ2K", uid.RLELossless: "RLE",
+}
+_PLUGIN_LABELS = {"pillow": "Pillow", "gdcm": "GDCM", "pyjpegls": "CharLS", "pydicom": "pydicom",
+                  "pylibjpeg": "pylibjpeg"}
+# Set only by the isolation tests, to prove that a decoder which really aborts costs one file:
+# skips the header-against-stream checks that would otherwise refuse such a file first.
+_SKIP_STREAM_CHECKS = os.environ.get("CXR_UNSAFE_SKIP_STREAM_CHECKS") == "1"
 # Not decoding failures: never turned into an ImageReadError.
 FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)
 _CAUTION = "the model was trained on chest radiographs; treat the probability with caution"
@@ -121,21 +138,29 @@ def _decode(ds: Dataset, name: str, identifiers: PatientIdentifiers) -> DecodedI
     tsyntax = _transfer_syntax(ds, name, frames)
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
     if tsyntax.is_encapsulated:
-        _check_codestream(ds, tsyntax, name, rows, columns, frames)
+        if not _SKIP_STREAM_CHECKS:
+            _check_codestream(ds, tsyntax, name, rows, columns, frames)
     else:
         _check_native_length(ds, name, rows, columns, frames, photometric)
 
     arr, decoded_photometric, plugin = _decode_first_frame(ds, tsyntax, name)
+    if arr.shape[0] * (arr.shape[1] if arr.ndim > 1 else 1) > limits.MAX_PIXELS:
+        raise ImageTooLargeError(name, f"the decoded frame is {arr.shape} pixels, over the "
+                                       f"{limits.MAX_PIXELS // 1_000_000}-megapixel limit")
     warnings = _content_warnings(ds)
     if frames > 1:
         warnings.append(f"multi-frame DICOM ({frames} frames): only the first frame was read")
     pixels = _to_gray(arr, ds, decoded_photometric or photometric, name, warnings)
+    if tsyntax.is_encapsulated:
+        fill = flat_tail_warning(pixels)
+        if fill:
+            warnings.append(fill)
 
     meta = StudyMetadata(
         format="dicom",
-        modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        view_position=_text(ds, "ViewPosition"),
+        modality=defined_term("Modality", _text(ds, "Modality")),
+        body_part=defined_term("BodyPartExamined", _text(ds, "BodyPartExamined")),
+        view_position=defined_term("ViewPosition", _text(ds, "ViewPosition")),
         study_date=_text(ds, "StudyDate"),
         manufacturer=_text(ds, "Manufacturer"),
         pixel_spacing=_pixel_spacing(ds),
@@ -251,6 +276,28 @@ def _check_codestream(ds: Dataset, tsyntax: uid.UID, name: str, rows: int, colum
     if components is not None and components != samples:
         raise CorruptImageError(name, f"the {codec} stream has {components} components but Samples per "
                                       f"Pixel (0028,0002) is {samples}")
+    if header is not None:
+        _check_bits(ds, name, codec, header.precision)
+        if header.marker in (0xC0, 0xC1, 0xC2):   # 8-bit DCT: libjpeg-turbo in strict mode proves damage
+            check_jpeg_dct(frame, name, f"{_CODEC_LABELS.get(tsyntax, codec)}")
+
+
+def _check_bits(ds: Dataset, name: str, codec: str, precision: int) -> None:
+    """Bits Allocated / Bits Stored against the stream's sample precision (before any codec runs).
+
+    A JPEG-family stream decodes to 8- or 16-bit samples; GDCM aborts the process when the header
+    says 32 bits allocated, and a precision wider than the allocation cannot be stored.
+    """
+    allocated, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
+    if allocated not in (8, 16):
+        raise CorruptImageError(name, f"Bits Allocated (0028,0100) is {allocated}, but a {codec} stream "
+                                      "decodes to 8 or 16 bits: the header does not match the pixel data")
+    if precision > allocated:
+        raise CorruptImageError(name, f"the {codec} stream has {precision}-bit samples but Bits Allocated "
+                                      f"(0028,0100) is {allocated}: the header does not match the pixel data")
+    if stored is not None and not 1 <= stored <= allocated:
+        raise CorruptImageError(name, f"Bits Stored (0028,0101) is {stored} with Bits Allocated {allocated}: "
+                                      "impossible")
 
 
 def _check_native_length(ds: Dataset, name: str, rows: int, columns: int, frames: int,
@@ -290,6 +337,8 @@ def _decode_first_frame(ds: Dataset, tsyntax: uid.UID, name: str) -> tuple[np.nd
                   f"(pip install {_INSTALL.get(tsyntax, 'python-gdcm')})")
     failures: list[str] = []
     for plugin in plugins:
+        native.entering(f"the {_CODEC_LABELS.get(tsyntax, tsyntax.name)} decoder "
+                        f"({_PLUGIN_LABELS.get(plugin, plugin)})")
         try:
             arr, info = decoder.as_array(ds, index=0, decoding_plugin=plugin)
         except BaseException as exc:  # Rust plugins (pylibjpeg-rle) panic with a BaseException
@@ -397,10 +446,12 @@ def _content_warnings(ds: Dataset) -> list[str]:
     warnings = []
     modality = (_text(ds, "Modality") or "").upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
-        warnings.append(f"Modality {modality[:16]} is not a radiograph (CR/DX/DR): {_CAUTION}")
+        shown = defined_term("Modality", modality) or "(a value that is not a DICOM modality)"
+        warnings.append(f"Modality {shown} is not a radiograph (CR/DX/DR): {_CAUTION}")
     body_part = _text(ds, "BodyPartExamined")
     if body_part and not any(word in body_part.upper() for word in CHEST_WORDS):
-        warnings.append(f"Body Part Examined is {body_part[:32]}, not chest: {_CAUTION}")
+        shown = defined_term("BodyPartExamined", body_part) or "a free-text value (not quoted)"
+        warnings.append(f"Body Part Examined is {shown}, not chest: {_CAUTION}")
     return warnings
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from engine.decode import native
+from engine.decode.integrity import check_jpeg_dct, flat_tail_warning
 from engine.decode.sniff import (MAX_PIXELS, MAX_SIDE, check_declared_size, jpeg_declared_size,
                                  png_declared_size)
 from engine.errors import CorruptImageError
@@ -26,10 +28,13 @@ def read_raster(data: bytes, name: str, fmt: str) -> DecodedImage:
     size = png_declared_size(data, name) if fmt == "png" else jpeg_declared_size(data, name)
     check_declared_size(name, size.width, size.height, f"{fmt.upper()} header")
 
+    if fmt == "jpeg" and size.kind in ("SOF0", "SOF1", "SOF2") and size.bit_depth == 8:
+        check_jpeg_dct(data, name)   # OpenCV fills a truncated stream with grey and says nothing
     buf = np.frombuffer(data, dtype=np.uint8)
     # IMREAD_GRAYSCALE converts colour and palette images and applies the EXIF orientation;
     # IMREAD_ANYDEPTH (only for deeper images) keeps 16-bit PNG samples instead of cutting them to 8.
     flags = cv2.IMREAD_GRAYSCALE | (cv2.IMREAD_ANYDEPTH if size.bit_depth > 8 else 0)
+    native.entering(f"the {fmt.upper()} decoder (OpenCV)")
     img = _imdecode(buf, flags, name, fmt)
     if img.ndim != 2:
         raise CorruptImageError(name, f"the {fmt.upper()} decoder returned {img.shape}, not a 2-D image")
@@ -37,6 +42,9 @@ def read_raster(data: bytes, name: str, fmt: str) -> DecodedImage:
     scale = float(2 ** size.bit_depth - 1) if img.dtype == np.uint16 else 255.0
     pixels = img.astype(np.float32) / scale
     warnings: list[str] = []
+    fill = flat_tail_warning(pixels) if fmt == "jpeg" else None
+    if fill:
+        warnings.append(fill)
     if size.has_alpha:
         pixels = _composite_on_black(buf, pixels, name, warnings)
 

@@ -14,8 +14,7 @@ from typing import Optional
 
 from engine.errors import CorruptImageError, ImageTooLargeError
 
-MAX_PIXELS = 100_000_000  # about 10,000 x 10,000; larger declared sizes are refused before decoding
-MAX_SIDE = 30_000         # no radiograph detector is wider than this; beyond it is a bomb or garbage
+from engine.limits import MAX_PIXELS, MAX_SIDE  # declared sizes beyond these are refused before decoding
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
