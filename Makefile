@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+# The dashboard listens on this machine only unless told otherwise (ADDRESS=0.0.0.0 for a shared
+# deployment: read the README's "Shared deployment" first).
+ADDRESS ?= 127.0.0.1
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test install install-test browser bench clean
@@ -28,7 +31,7 @@ browser:
 	  $(SUDO) apt-get install -y --no-install-recommends chromium fonts-liberation; }
 
 run: install
-	$(PY) -m streamlit run dashboard/Home.py --server.port $(PORT)
+	$(PY) -m streamlit run dashboard/Home.py --server.port $(PORT) --server.address $(ADDRESS)
 
 test: install-test
 	$(PY) -m pytest

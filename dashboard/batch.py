@@ -18,16 +18,18 @@ from typing import Callable, Hashable, Iterable, Optional, Sequence
 
 import pandas as pd
 
+from engine import limits
+from engine.errors import ImageReadError
 from engine.image import PatientIdentifiers, StudyMetadata
 from engine.predictor import Prediction, Predictor
 from engine.sources import InputItem, is_zip_bytes, iter_zip
 
 from dashboard.imaging import thumbnail_data_uri
 
-MB = 1024 * 1024
-MAX_FILE_BYTES = 50 * MB        # one image (or one ZIP member)
-MAX_ARCHIVE_BYTES = 200 * MB    # one uploaded ZIP archive (= server.maxUploadSize)
-MAX_FILES = 1000                # images in one batch, ZIP members included
+MB = limits.MB
+MAX_FILE_BYTES = limits.MAX_FILE_BYTES      # one image (or one ZIP member): the engine's limit
+MAX_ARCHIVE_BYTES = 200 * MB                # one uploaded file (= server.maxUploadSize)
+MAX_FILES = limits.MAX_BATCH_FILES          # images in one batch, ZIP members included
 
 Progress = Callable[[int, Optional[int]], None]
 
@@ -119,8 +121,7 @@ class Batch:
         return next((r for r in self.records if r.sha256 == sha256 and r.ok), None)
 
 
-def fmt_mb(n_bytes: float) -> str:
-    return f"{n_bytes / MB:,.1f} MB"
+fmt_mb = limits.fmt_mb
 
 
 def refused(name: str, reason: str, sha256: str = "") -> StudyRecord:
@@ -204,8 +205,10 @@ def _read_and_hash(item: InputItem) -> tuple[Optional[StudyRecord], str, int]:
         return StudyRecord(item.name, "", "error", message=item.error), "", 0
     try:
         data = item.read()
-    except OSError as exc:
-        return StudyRecord(item.name, "", "error", message=f"{item.name}: cannot be read ({exc})"), "", 0
+    except ImageReadError as exc:     # a ZIP member with a bad CRC, a broken stream, ...
+        return StudyRecord(item.name, "", "error", message=str(exc)), "", 0
+    except Exception as exc:          # never a traceback in place of the worklist
+        return StudyRecord(item.name, "", "error", message=f"{item.name}: cannot be read ({type(exc).__name__})"), "", 0
     if len(data) > MAX_FILE_BYTES:
         return refused(item.name, f"{fmt_mb(len(data))} is over the {fmt_mb(MAX_FILE_BYTES)} limit "
                                   f"for one image"), "", len(data)

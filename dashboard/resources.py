@@ -17,7 +17,7 @@ import numpy as np
 import streamlit as st
 
 from engine.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, load_val_predictions_path
-from engine.decode import read_image
+from engine.decode.pool import default_pool
 from engine.errors import CheckpointError
 from engine.image import DecodedImage
 from engine.review_log import ReviewLog
@@ -26,7 +26,7 @@ from engine.sources import InputItem
 from dashboard.batch import PredictionCache
 from dashboard.evaluation import (EvaluationFolder, LabelledSet, labelled_set_from_csv, load_evaluation_folder,
                                   val_predictions_set)
-from dashboard.imaging import DISPLAY_MAX_PX, fit_within
+from dashboard.imaging import DISPLAY_MAX_PX
 from dashboard.state import Preset, build_presets
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -132,11 +132,12 @@ class StudyImages:
 
 @st.cache_data(max_entries=16, show_spinner="Decoding the image…")
 def study_images(sha256: str, image_size: int, _item: InputItem, _prep) -> StudyImages:
-    """Decode one study (cached by content hash and input size)."""
-    img = read_image(_item.read(), _item.name)
-    model_input = _prep.resize(img.pixels)
+    """Decode one study in a decoding worker (cached by content hash and input size)."""
+    study = default_pool().decode(_item.read(), _item.name, image_size=image_size,
+                                  display_max_side=DISPLAY_MAX_PX)
+    img = study.image
     slim = DecodedImage(img.name, np.empty((0, 0), np.float32), img.metadata, img.identifiers, img.warnings)
-    return StudyImages(fit_within(img.pixels, DISPLAY_MAX_PX), model_input, slim)
+    return StudyImages(img.pixels, study.model_input, slim)
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing the heatmap…")

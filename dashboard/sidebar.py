@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.checkpoint import DEFAULT_MODEL_DIR
+from engine.paths import PathNotAllowed, confine
 from engine.errors import CheckpointError
 
 from dashboard import resources, state
@@ -21,14 +22,14 @@ def _model_section() -> resources.ModelRef:
     st.subheader("Model")
     folder = st.text_input("Checkpoint folder", key="model_dir", placeholder="shipped default model", persist_state="session",
                            help=f"Leave empty for the shipped model ({DEFAULT_MODEL_DIR}). Or type the "
-                                "path of another checkpoint folder on this machine (model.safetensors "
-                                "+ model_card.json).").strip()
+                                "path of another checkpoint folder (model.safetensors + model_card.json) "
+                                "under the server's model roots (CXR_MODELS_ROOT).").strip()
     ref, pred = None, None
     if folder:
         try:
-            ref = resources.model_ref(folder)
+            ref = resources.model_ref(str(confine(folder, "models")))
             pred = resources.predictor(ref)
-        except (CheckpointError, OSError) as exc:
+        except (CheckpointError, PathNotAllowed, OSError) as exc:
             st.error(f"{exc}. Using the shipped default model instead.")
             ref = None
     if ref is None:

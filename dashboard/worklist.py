@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard.batch import StudyRecord
+from engine.csvsafe import csv_safe as _csv_safe
 
 IDENTIFIER_COLUMNS = ("patient_name", "patient_id", "birth_date", "accession_number", "institution")
 BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "modality",
@@ -122,10 +123,6 @@ def readable_shas(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df.loc[df["_readable"], "sha256"]))
 
 
-def _csv_safe(value):
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value      # a spreadsheet must not run a file name as a formula
-    return value
 
 
 def export_frame(df: pd.DataFrame, threshold: float, model: str,

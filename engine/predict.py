@@ -3,10 +3,12 @@
     python -m engine.predict PATH [PATH ...] --out results.csv [--checkpoint DIR]
                              [--threshold T] [--heatmaps DIR]
 
-PATH: files, folders (recursive) or ZIP archives. One CSV row per input file; unreadable files get
-``status=error`` and a message, and the rest of the batch still runs. Exit code 0 when the batch
-ran (even with refused files); 2 for a usage error; 3 when the model cannot be loaded.
-No patient identifiers are written unless ``--include-identifiers`` is given.
+PATH: files, folders (recursive) or ZIP archives. One CSV row per input file; unreadable files
+(and unreadable folders, and ZIP members that cannot be read) get ``status=error`` and a message, and
+the rest of the batch still runs. Exit code 0 when the batch ran (even with refused files); 2 for a
+usage error; 3 when the model cannot be loaded. File names are relative to the folder given (a
+folder's own name, often a patient's, is never written); ``--anonymise-names`` replaces them with a
+hash. No patient identifiers are written unless ``--include-identifiers`` is given.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from engine.checkpoint import DEFAULT_MODEL_DIR
+from engine.csvsafe import anonymous_name, csv_safe
 from engine.errors import CheckpointError
 from engine.sources import iter_inputs
 
@@ -41,6 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network: about a minute to start, then ~1.5x faster (long batches)")
     p.add_argument("--include-identifiers", action="store_true", help="add patient identifier columns (off by default)")
+    p.add_argument("--anonymise-names", "--anonymize-names", dest="anonymise_names", action="store_true",
+                   help="write file-<hash> instead of file names (in the CSV and the heatmap names)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -97,7 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             counts[pred.status] += 1
             flagged = pred.ok and pred.probability >= threshold
             counts["flagged"] += int(flagged)
-            row = {"file": pred.name, "status": pred.status, "message": pred.message,
+            label = anonymous_name(pred.name) if args.anonymise_names else pred.name
+            message = pred.message.replace(pred.name, label) if args.anonymise_names else pred.message
+            row = {"file": label, "status": pred.status, "message": message,
                    "probability": repr(pred.probability) if pred.ok else "",
                    "flagged": ("yes" if flagged else "no") if pred.ok else "",
                    "threshold": repr(float(threshold)), "model": model_label,
@@ -105,9 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "view_position": pred.metadata.view_position or "", "sha256": pred.sha256}
             if args.include_identifiers:
                 row.update({k: getattr(pred.identifiers, k) or "" for k in IDENTIFIER_COLUMNS})
-            writer.writerow(row)
+            writer.writerow({k: csv_safe(v) for k, v in row.items()})
             if explainer is not None and pred.image is not None:
-                pending.append(pred)
+                pending.append((label, pred))
                 if len(pending) >= args.batch_size:
                     _write_heatmaps(explainer, predictor, pending, heat_dir, used)
         if pending:
@@ -118,14 +125,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _write_heatmaps(explainer, predictor, preds: list, folder: Path, used: set[str]) -> None:
+def _write_heatmaps(explainer, predictor, pending: list, folder: Path, used: set[str]) -> None:
+    """Heatmaps of (label, prediction) pairs; the image is the worker's display copy."""
     import cv2
     from engine.overlay import side_by_side
-    maps = explainer.explain_images([predictor.prep.resize(p.image.pixels) for p in preds])
-    for pred, heat in zip(preds, maps):
+    maps = explainer.explain_images([p.model_input for _, p in pending])
+    for (label, pred), heat in zip(pending, maps):
         rgb = side_by_side(pred.image.pixels, heat)
-        cv2.imwrite(str(folder / safe_png_name(pred.name, used)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    preds.clear()
+        cv2.imwrite(str(folder / safe_png_name(label, used)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    pending.clear()
 
 
 if __name__ == "__main__":

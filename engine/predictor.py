@@ -50,6 +50,7 @@ class Prediction:
     metadata: StudyMetadata = field(default_factory=StudyMetadata)
     identifiers: PatientIdentifiers = field(default_factory=PatientIdentifiers)
     image: Optional[DecodedImage] = None          # ``keep_images=True``: pixels are a display copy
+    model_input: Optional[np.ndarray] = None      # ``keep_images=True``: the (S, S) network input
 
     @property
     def ok(self) -> bool:
@@ -203,5 +204,6 @@ class Predictor:
         if d.error:
             return Prediction(d.item_name, "error", None, d.error, sha256=d.sha256)
         img = d.image
+        kept = img.pixels.size > 0
         return Prediction(d.item_name, "ok", float(prob), "", img.warnings, d.sha256, img.metadata,
-                          img.identifiers, img if img.pixels.size else None)
+                          img.identifiers, img if kept else None, d.tensor if kept else None)

@@ -21,6 +21,7 @@ from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
+from engine.csvsafe import csv_safe as _csv_safe
 
 DEFAULT_FILENAME = "review_log.sqlite3"
 ENV_VAR = "CXR_REVIEW_LOG"
@@ -76,11 +77,6 @@ def base_name(name: str) -> str:
     return PurePosixPath(str(name).replace("\\", "/")).name or str(name)
 
 
-def _csv_safe(value: object) -> object:
-    """Defuse spreadsheet formulas in free text (a cell starting with = + - @ is shown as text)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 class ReviewLog:

@@ -151,20 +151,34 @@ def test_presets_move_the_shared_threshold(app):
     assert app.selectbox(key="preset").value.startswith("Custom")
 
 
-def test_sidebar_other_checkpoint_and_bad_path(app, tmp_path):
-    app.text_input(key="model_dir").input(str(tmp_path / "nowhere")).run()
-    assert any("does not exist" in e.value and "shipped default" in e.value for e in app.sidebar.error)
-    assert app.slider(key="threshold").value == pytest.approx(CARD.threshold)
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "model.safetensors").symlink_to(DEFAULT_MODEL_DIR / "model.safetensors")
+def _checkpoint_copy(folder: Path, name: str, threshold: float) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").symlink_to(DEFAULT_MODEL_DIR / "model.safetensors")
     card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
-    card["name"], card["decision_threshold"]["value"] = "other-model", 0.25
-    (other / "model_card.json").write_text(json.dumps(card))
+    card["name"], card["decision_threshold"]["value"] = name, threshold
+    (folder / "model_card.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_sidebar_other_checkpoint_and_bad_path(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_MODELS_ROOT", str(tmp_path / "models"))
+    other = _checkpoint_copy(tmp_path / "models" / "other", "other-model", 0.25)
+    outside = _checkpoint_copy(tmp_path / "elsewhere", "outside-model", 0.4)
+    messages = []
+    for typed in (str(tmp_path / "models" / "nowhere"), str(outside), "/etc", "../elsewhere"):
+        app.text_input(key="model_dir").input(typed).run()
+        (error,) = app.sidebar.error
+        assert "not an allowed folder on this server, or does not exist" in error.value
+        assert "shipped default" in error.value
+        messages.append(error.value.replace(typed, "<typed>"))
+        assert app.slider(key="threshold").value == pytest.approx(CARD.threshold)
+    assert len(set(messages)) == 1          # "not allowed" and "does not exist" cannot be told apart
     app.text_input(key="model_dir").input(str(other)).run()
     assert not app.exception and not app.sidebar.error
     assert any("other-model" in m.value for m in app.sidebar.markdown)
     assert app.slider(key="threshold").value == pytest.approx(0.25)      # the new card's threshold
+    app.text_input(key="model_dir").input("other").run()                 # relative to the root
+    assert not app.sidebar.error and app.slider(key="threshold").value == pytest.approx(0.25)
     app.text_input(key="model_dir").input("").run()
     assert app.slider(key="threshold").value == pytest.approx(CARD.threshold)
 

@@ -118,7 +118,7 @@ def test_evaluate_uses_the_products_predictions(evaluations, tmp_path):
         assert predict.main([str(SAMPLE), "--out", str(csv_path), "--quiet",
                              "--checkpoint", str(evaluations["tiny_run"] / "best")]) == 0
     with open(csv_path, newline="") as f:
-        product = {Path(r["file"]).relative_to(SAMPLE).as_posix(): float(r["probability"]) for r in csv.DictReader(f)}
+        product = {r["file"]: float(r["probability"]) for r in csv.DictReader(f)}   # relative to the folder given
     mine = {r["file"]: float(r["probability"]) for r in read_predictions(out / "predictions.csv")}
     assert mine.keys() == product.keys()
     for name in mine:

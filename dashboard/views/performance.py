@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from engine import metrics as M
+from engine.paths import PathNotAllowed, confine
 from engine.sources import items_from_uploads, iter_inputs
 
 from dashboard import figures, resources, state
@@ -30,7 +31,7 @@ def _save_point() -> None:
 
 def _folder_source(ref, pred) -> Optional[LabelledSet]:
     class_dirs = "/".join(c.upper() for c in pred.card.class_names)
-    st.caption(f"A folder on this machine, or a ZIP, with class subfolders ({class_dirs}/ at any depth). "
+    st.caption(f"A folder under the server's data roots (CXR_DATA_ROOT), or a ZIP, with class subfolders ({class_dirs}/ at any depth). "
                f"The model scores each image once; up to {MAX_EVAL_FILES:,} images.")
     folder = st.text_input("Folder path", key="perf_folder", persist_state="session").strip()
     archive = st.file_uploader("…or a ZIP archive", key="perf_zip")
@@ -39,10 +40,12 @@ def _folder_source(ref, pred) -> Optional[LabelledSet]:
                     icon=":material/play_arrow:")
     done = st.session_state.get(SCORED)
     if run and signature is not None:
-        if folder and not Path(folder).expanduser().is_dir():
-            st.error(f"'{folder}' is not a folder on this machine.")
+        try:
+            root = confine(folder, "data") if folder else None
+        except PathNotAllowed as exc:
+            st.error(str(exc))
             return None
-        items = iter_inputs([Path(folder).expanduser()]) if folder else \
+        items = iter_inputs([root]) if root is not None else \
             items_from_uploads([(archive.name, archive.getvalue())])
         bar = st.progress(0.0, text="Scoring…")
         records = score_items(items, pred, ref.key, resources.prediction_cache(), max_files=MAX_EVAL_FILES,
