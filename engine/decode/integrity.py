@@ -22,10 +22,11 @@ import numpy as np
 
 from engine.errors import CorruptImageError
 
-# libjpeg's (and GDCM's bundled IJG code's) warnings that mean the entropy-coded data is damaged.
+# libjpeg's (and GDCM's bundled IJG code's) warnings that mean the entropy-coded data is damaged, and
+# a Rust decoder's panic (pylibjpeg-rle reads past its buffer on a damaged RLE segment).
 _DAMAGE = re.compile(r"Corrupt JPEG data|Premature end of (JPEG|data)|Bogus (Huffman|marker|DQT|DHT|DRI)|"
                      r"Invalid SOS|Huffman code|Inconsistent progression|JPEG datastream contains no image|"
-                     r"[Tt]runcat|[Cc]orrupt", re.IGNORECASE)
+                     r"[Tt]runcat|[Cc]orrupt|panicked at|index out of bounds", re.IGNORECASE)
 _MAX_QUOTE = 120
 
 

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import atexit
 import logging
-import multiprocessing as mp
 import os
 import queue
 import signal
-import tempfile
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -44,6 +47,7 @@ from engine.image import DecodedImage
 log = logging.getLogger(__name__)
 
 _DEFAULT_STAGE = "the image decoder"
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -81,96 +85,47 @@ def decode_study(data: bytes, name: str, image_size: Optional[int], display_max_
 
 
 # ------------------------------------------------------------------------------------------------
-# The worker process
-
-def _preload_decoders() -> None:
-    """Import every decoder before the memory cap, so that a cap never looks like a missing plugin."""
-    import importlib
-    import engine.decode.dicom  # noqa: F401  (pydicom)
-    import engine.preprocess    # noqa: F401
-    for module in ("gdcm", "openjpeg", "rle", "jpeg_ls", "simplejpeg", "PIL.Image", "PIL.JpegImagePlugin",
-                   "PIL.Jpeg2KImagePlugin", "pydicom.pixels.decoders.gdcm", "pydicom.pixels.decoders.pylibjpeg",
-                   "pydicom.pixels.decoders.pillow", "pydicom.pixels.decoders.pyjpegls",
-                   "pydicom.pixels.decoders.rle"):
-        try:
-            importlib.import_module(module)
-        except Exception:   # an optional plugin that is not installed: decoding says so per file
-            pass
-
-
-def _limit_memory(extra_bytes: int) -> None:
-    """Cap the address space at what the worker maps now plus ``extra_bytes``."""
-    try:
-        import resource
-        with open("/proc/self/statm") as f:
-            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        cap = mapped + extra_bytes
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    except (ImportError, ValueError, OSError):   # not on this platform: the timeout still applies
-        pass
-
-
-def _worker_main(conn, max_bytes: int) -> None:
-    """Serve decode requests until the parent closes the pipe."""
-    import warnings
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
-    warnings.simplefilter("ignore")                # Python warnings are not codec output
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import cv2
-    cv2.setNumThreads(1)
-    from engine.decode import native
-    native.set_reporter(lambda stage: conn.send(("stage", stage)))
-    _preload_decoders()
-    _limit_memory(max_bytes)
-    err = tempfile.TemporaryFile()
-    saved_fd = os.dup(2)
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        if request is None:
-            return
-        data, name, image_size, display_max_side = request
-        err.seek(0)
-        err.truncate()
-        os.dup2(err.fileno(), 2)     # what native codecs print, for integrity.classify_codec_output
-        try:
-            outcome = ("ok", decode_study(data, name, image_size, display_max_side))
-        except ImageReadError as exc:
-            outcome = ("error", type(exc).__name__, exc.filename, exc.reason)
-        except MemoryError:
-            outcome = ("error", "ImageTooLargeError", name,
-                       f"decoding needs more than the {limits.fmt_mb(max_bytes)} a decoder may use")
-        except Exception as exc:     # read_image raises only ImageReadError; this is a last resort
-            outcome = ("error", "CorruptImageError", name, f"could not be decoded ({type(exc).__name__})")
-        finally:
-            os.dup2(saved_fd, 2)
-        err.seek(0)
-        printed = err.read(4096).decode("utf-8", "replace")
-        conn.send(("done", outcome, printed))
-
-
-# ------------------------------------------------------------------------------------------------
 # The parent side
 
 class _Worker:
-    def __init__(self, ctx, max_bytes: int) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, max_bytes), daemon=True,
-                                   name="cxr-decode")
-        self.process.start()
-        child.close()
+    """One worker process (``python -m engine.decode.worker``) and its end of a socket pair.
 
-    def stop(self) -> None:
+    Started with subprocess rather than multiprocessing's spawn, which re-imports the caller's main
+    module in the child: that breaks or recurses under ``streamlit run``, pytest, Ray and scripts
+    without a ``__main__`` guard.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        parent, child = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(_PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "engine.decode.worker", str(child.fileno()), str(max_bytes)],
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    @property
+    def exitcode(self) -> Optional[int]:
+        return self.process.poll()
+
+    def stop(self, kill: bool = False) -> None:
+        if kill and self.is_alive():
+            self.process.kill()
         try:
             self.conn.send(None)
         except (OSError, ValueError):
             pass
-        self.process.join(timeout=1.0)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join(timeout=5.0)
+            self.process.wait(timeout=5.0)
         self.conn.close()
 
 
@@ -193,7 +148,6 @@ class DecodePool:
         self.size = max(1, int(workers))
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
-        self._ctx = mp.get_context("spawn")   # never fork a process that holds threads (torch, Streamlit)
         self._idle: queue.LifoQueue[Optional[_Worker]] = queue.LifoQueue()
         for _ in range(self.size):
             self._idle.put(None)             # started on first use
@@ -208,11 +162,11 @@ class DecodePool:
             raise RuntimeError("the decode pool is closed")
         worker = self._idle.get()
         try:
-            if worker is None or not worker.process.is_alive():
-                worker = _Worker(self._ctx, self.max_bytes)
+            if worker is None or not worker.is_alive():
+                worker = _Worker(self.max_bytes)
             outcome, printed, stage = self._run(worker, (data, name, image_size, display_max_side), name)
         finally:   # a worker lost to a crash or a timeout is replaced by a fresh one on next use
-            self._idle.put(worker if worker is not None and worker.process.is_alive() else None)
+            self._idle.put(worker if worker is not None and worker.is_alive() else None)
         return _result(outcome, printed, name, stage)
 
     def _run(self, worker: _Worker, request: tuple, name: str) -> tuple[tuple, str, str]:
@@ -235,10 +189,13 @@ class DecodePool:
             except (EOFError, OSError):
                 message, ready = None, True
             if message is None:
-                if ready or not worker.process.is_alive():
-                    worker.process.join(timeout=5.0)
-                    code = worker.process.exitcode
-                    self._lose(worker)
+                if ready or not worker.is_alive():
+                    try:
+                        worker.process.wait(timeout=5.0)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    code = worker.exitcode
+                    self._lose(worker, kill=True)
                     log.warning("a decoding worker died (%s) in %s; it will be replaced", _signal_name(code), stage)
                     raise CorruptImageError(name, f"{stage} crashed on this file ({_signal_name(code)}); "
                                                   "the file was refused and the decoder restarted")
@@ -252,9 +209,7 @@ class DecodePool:
         """Stop a crashed or stuck worker; :meth:`decode` starts a fresh one for the next file."""
         with self._lock:
             self.crashes += 1
-        if kill and worker.process.is_alive():
-            worker.process.kill()
-        worker.stop()
+        worker.stop(kill=kill)
 
     def close(self) -> None:
         self._closed = True
