@@ -79,9 +79,15 @@ def entropy_corrupted(data: bytes, seed: int = 0, flips: int = 12) -> bytes:
     return _save(ds)
 
 
-def j2k_zeros(side: int = 6000) -> bytes:
-    """A JPEG 2000 Lossless DICOM of side x side zeros: about a kilobyte, 36 megapixels decoded."""
-    ds = dcm.dataset(np.zeros((side, side), np.uint16), bits_stored=12)
+def j2k_zeros(side: int = 6000, patch: bool = False) -> bytes:
+    """A JPEG 2000 Lossless DICOM of side x side zeros: about a kilobyte, 36 megapixels decoded.
+
+    With ``patch`` a 64 x 64 square of 4095 in one corner keeps it from being blank (so it is scored).
+    """
+    pixels = np.zeros((side, side), np.uint16)
+    if patch:
+        pixels[:64, :64] = 4095
+    ds = dcm.dataset(pixels, bits_stored=12)
     return dcm.to_bytes(dcm.compressed(ds, uid.JPEG2000Lossless))
 
 

@@ -421,10 +421,11 @@ def test_12_bit_lossy_jpeg_is_refused_as_unsupported(dcm, xray, monkeypatch):
         decode(ds, "ext12.dcm")
 
 
-def test_blank_image_decodes_with_a_warning(dcm):
-    image = decode(dcm.dataset(np.full((64, 48), 7, np.uint8)), "blank.dcm")
-    assert image.shape == (64, 48) and not image.pixels.any()
-    assert any("blank" in w for w in image.warnings)
+def test_blank_image_is_refused_not_scored(dcm, xray):
+    with pytest.raises(CorruptImageError, match="blank.dcm: every pixel has the same value: the image is blank"):
+        decode(dcm.dataset(np.full((64, 48), 7, np.uint8)), "blank.dcm")
+    with pytest.raises(CorruptImageError, match="blank.png: every pixel has the same value"):
+        read_image(cv2.imencode(".png", np.zeros((64, 48), np.uint8))[1].tobytes(), "blank.png")
 
 
 def test_unsupported_transfer_syntax_is_refused(dcm, xray):

@@ -195,17 +195,21 @@ def test_corrupt_zip_members_are_rows_and_the_good_members_still_read():
             items[2].read()
 
 
-def test_thirty_six_megapixel_bombs_with_heatmaps_stay_bounded(tmp_path):
+def test_thirty_six_megapixel_bombs_stay_bounded(tmp_path):
     folder = tmp_path / "bombs"
     folder.mkdir()
-    bomb = hostile.j2k_zeros(6000)
-    for i in range(6):
-        (folder / f"zeros{i}.dcm").write_bytes(bomb)
+    for i in range(4):
+        (folder / f"zeros{i}.dcm").write_bytes(hostile.j2k_zeros(6000))
+        (folder / f"patch{i}.dcm").write_bytes(hostile.j2k_zeros(6000, patch=True))
     code, stderr, peak = run_cli([str(folder), "--out", str(tmp_path / "b.csv"), "--heatmaps", str(tmp_path / "maps")])
     assert code == 0, stderr
-    rows = read_rows(tmp_path / "b.csv")
-    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)   # decoded (36 MP < 50 MP), scored
-    assert all("every pixel has the same value" in r["warnings"] for r in rows)
+    rows = {r["file"]: r for r in read_rows(tmp_path / "b.csv")}
+    assert len(rows) == 8          # all decoded (36 MP is under the 50 MP limit)
+    for i in range(4):             # pure zeros are refused as blank; with a patch, scored with a heatmap
+        assert rows[f"zeros{i}.dcm"]["status"] == "error"
+        assert "the image is blank, nothing to score" in rows[f"zeros{i}.dcm"]["message"]
+        assert rows[f"patch{i}.dcm"]["status"] == "ok"
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [f"patch{i}.dcm.png" for i in range(4)]
     assert 0 < peak < 2500, f"peak RSS {peak} MB"      # before: 8.96 GB for 40 such files
 
 

@@ -49,8 +49,9 @@ def read_image(source: Source, name: Optional[str] = None) -> DecodedImage:
     try:
         if fmt == "dicom":
             from engine.decode.dicom import read_dicom  # pydicom is imported only when needed
-            return read_dicom(data, label)
-        return read_raster(data, label, fmt)
+            image = read_dicom(data, label)
+        else:
+            image = read_raster(data, label, fmt)
     except ImageReadError:
         raise
     except MemoryError:
@@ -60,6 +61,12 @@ def read_image(source: Source, name: Optional[str] = None) -> DecodedImage:
             raise
         raise CorruptImageError(label, f"the {fmt.upper()} data could not be decoded "
                                        f"({type(exc).__name__})") from None
+    pixels = image.pixels
+    if pixels.size and float(pixels.min()) == float(pixels.max()):
+        # A uniform frame holds no radiograph (zero-filled data, a failed export): a confident score on
+        # it would be noise, so it is refused rather than scored.
+        raise CorruptImageError(label, "every pixel has the same value: the image is blank, nothing to score")
+    return image
 
 
 __all__ = ["read_image", "read_bytes", "sniff_format", "Source"]
