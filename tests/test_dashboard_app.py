@@ -230,6 +230,25 @@ def test_triage_lists_unreadable_scores_the_rest_and_reflags_without_the_model(a
     assert calls.explained == 0                                   # no heatmap computed up front
 
 
+def test_triage_keeps_the_good_files_of_an_upload_with_corrupt_members(app, calls):
+    """A ZIP with a bad-CRC, a broken-deflate and a Deflate64 member, and a truncated DICOM, among good files."""
+    import hostile_corpus as hostile
+    good = {"in/a.jpeg": NORMAL[0].read_bytes(), "in/b.jpeg": PNEUMONIA[0].read_bytes()}
+    archives = [(f"{kind}.zip", hostile.zip_with_bad_member(good, "bad.jpeg", kind), "application/zip")
+                for kind in ("crc", "deflate", "deflate64")]
+    cut = hostile.truncated_with_eoi(DICOM2.read_bytes(), 0.7)
+    upload_batch(app, [*archives, ("cut.dcm", cut, "application/dicom"), _file(NORMAL[1], mime="image/jpeg")])
+    df = app.dataframe[0].value
+    assert len(df) == 3 * 3 + 2                                   # one row per member and per file
+    bad = df[df["flag"] == "unreadable"].set_index("file")["reason"]
+    assert sorted(bad.index) == ["crc.zip/bad.jpeg", "cut.dcm", "deflate.zip/bad.jpeg", "deflate64.zip/bad.jpeg"]
+    assert "bad CRC-32" in bad["crc.zip/bad.jpeg"] and "broken deflate stream" in bad["deflate.zip/bad.jpeg"]
+    assert "unsupported compression method" in bad["deflate64.zip/bad.jpeg"]
+    assert "the JPEG Baseline stream is damaged or truncated" in bad["cut.dcm"]
+    assert calls.scored == 3                                      # the two good members (once each) and the JPEG
+    assert metric(app, "Unreadable") == "4"
+
+
 def test_triage_adds_new_files_only_and_keeps_the_worklist_across_pages(app, calls):
     upload_batch(app, BATCH[:3])
     assert calls.scored == 3
@@ -396,6 +415,24 @@ def test_performance_scores_a_zip_of_class_folders(app, calls):
     app.button(key="perf_run").click().run()                        # the same images from a folder
     assert any("12 studies (6 pneumonia, 6 normal)" in c.value for c in app.caption)
     assert calls.scored == 12                                       # same content: no new scoring
+
+
+def test_performance_folder_field_is_confined_to_the_data_roots(app, calls, tmp_path, monkeypatch):
+    app.switch_page("views/performance.py").run()
+    app.radio(key="perf_source").set_value("Images in class folders").run()
+    messages = []
+    for typed in ("/etc", str(tmp_path / "missing"), "../../..", str(SAMPLE.parent)):
+        app.text_input(key="perf_folder").input(typed).run()
+        app.button(key="perf_run").click().run()
+        assert not app.exception, [e.message for e in app.exception]
+        (error,) = app.error
+        assert "not an allowed folder on this server, or does not exist" in error.value
+        messages.append(error.value.replace(typed, "<typed>"))
+    assert len(set(messages)) == 1 and calls.scored == 0          # nothing listed, nothing read
+    monkeypatch.setenv("CXR_DATA_ROOT", str(SAMPLE.parent))         # an administrator widens the root
+    app.text_input(key="perf_folder").input("sample/kermany").run()
+    app.button(key="perf_run").click().run()
+    assert any("12 studies (6 pneumonia, 6 normal)" in c.value for c in app.caption)
 
 
 # --------------------------------------------------------------------------- compare
