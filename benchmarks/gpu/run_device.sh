@@ -4,11 +4,11 @@
 #   bash benchmarks/gpu/run_device.sh            (on the device machine, repo root, $OUT set)
 #
 # Needs the ignored folder .gpu/ carried along: .gpu/pylib.tar.xz (pydicom + captum, pure Python)
-# and .gpu/data/kermany224 (SPLIT/CLASS/*.jpeg). Writes $OUT/device.log and
+# and .gpu/kermany224.tar.xz (SPLIT/CLASS/*.jpeg, unpacked to .gpu/data/kermany224). Writes $OUT/device.log and
 # $OUT/members.tar.xz.part-* (split at 15 MiB; `cat` them and untar; see reassemble.py).
 # Environment knobs: BUDGET_S (seconds from start by which everything ends, default 525),
 # SEEDS ("1 2 3"), EPOCHS (20), PATIENCE (6), WORKERS (4 per member), CHECK_LIMIT (256),
-# CHECK_ARGS, MEMBER_EXTRA (below).
+# CHECK_ARGS, MEMBER_EXTRA, SITE, NO_PYLIB (below).
 set +e
 T0=$(date +%s)
 BUDGET_S=${BUDGET_S:-525}
@@ -31,11 +31,15 @@ echo "$(el) start $(date -u) on $(hostname); budget ${BUDGET_S}s"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1 | head -3
 nproc; free -g | head -2
 
-SITE=/tmp/site
-mkdir -p $SITE && tar xJf .gpu/pylib.tar.xz -C $SITE
+SITE=${SITE:-/tmp/site}
+# NO_PYLIB=1 for a try-out where the Python packages are installed (its simplejpeg is for CPython 3.12)
+[ -z "$NO_PYLIB" ] && mkdir -p $SITE && tar xJf .gpu/pylib.tar.xz -C $SITE
 export PYTHONPATH="$PWD:$SITE"
-python3 -c "import torch, pydicom, captum, cv2; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'pydicom', pydicom.__version__, 'captum', captum.__version__, 'cv2', cv2.__version__)"
+python3 -c "import torch, pydicom, captum, cv2, simplejpeg; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'pydicom', pydicom.__version__, 'captum', captum.__version__, 'cv2', cv2.__version__, 'simplejpeg', simplejpeg.__version__)"
 python3 -c "import PIL.features as f; print('Pillow JPEG2000 support:', f.check('jpg_2000'))"
+# training.report.write_curves imports plotly, which the device image lacks (run of 2026-11-30): every
+# training.train there then exits 1 after writing best/ and last/; members.py keeps the safe copy.
+python3 -c "import importlib.util as u; print('plotly available:', u.find_spec('plotly') is not None)"
 
 # ---- 1. CUDA path check --------------------------------------------------------------------
 echo "$(el) ==== 1a. inference, Grad-CAM, kernels on CUDA ===="
@@ -43,6 +47,9 @@ timeout -k 5 150 python3 benchmarks/gpu/cuda_check.py $CHECK_ARGS
 rc=$?; [ $rc -eq 0 ] && result cuda_check "ran (see STEP lines)" || result cuda_check "FAIL rc=$rc"
 
 DATA=.gpu/data/kermany224
+# the data travels as one archive (5,232 small files would count more than their bytes)
+[ -d $DATA ] || { mkdir -p .gpu/data && tar xJf .gpu/kermany224.tar.xz -C .gpu/data; }
+echo "data: $(find $DATA -type f | wc -l) files, $(du -sb $DATA | cut -f1) bytes in $DATA"
 for variant in fused plain; do
   extra=""; [ $variant = plain ] && extra="--plain-kernels"
   echo "$(el) ==== 1b. training.train 1 epoch --limit $CHECK_LIMIT on CUDA, $variant kernels ===="
@@ -61,12 +68,15 @@ done
 # ---- 2. ensemble members until the deadline ---------------------------------------------------
 DEADLINE=$(( T0 + BUDGET_S - 40 ))      # 40 s left for packing
 echo "$(el) ==== 2. members: seeds $SEEDS, until +$(( DEADLINE - T0 ))s ===="
-nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+( while true; do echo "[+$(( $(date +%s) - T0 ))s] $(nvidia-smi --query-gpu=utilization.gpu,memory.used,power.draw --format=csv,noheader 2>&1)"; sleep 20; done ) > /tmp/gpu_util.txt 2>&1 &
+UTIL_PID=$!
 python3 benchmarks/gpu/members.py --deadline $DEADLINE --runs /tmp/runs --stage /tmp/stage \
     --seeds $SEEDS --threads 4 -- \
     --data-dir $DATA --arch resnet18_cbam --half-weights --epochs $EPOCHS --patience $PATIENCE \
     --batch-size 64 --workers $WORKERS --augment-border 0.3 --augment-equalize 0.3 $MEMBER_EXTRA
 result members "launcher rc=$?"
+kill $UTIL_PID 2>/dev/null
+echo "GPU utilisation, memory, power while the members trained (every 20 s):"; cat /tmp/gpu_util.txt
 
 # ---- 3. pack -------------------------------------------------------------------------------
 echo "$(el) ==== 3. pack ===="
@@ -83,3 +93,4 @@ du -cb "$OUT"/* | tail -1
 echo "$(el) ==== results ===="
 cat "$OUT/.results"; rm -f "$OUT/.results"
 echo "$(el) end"
+sleep 1
