@@ -12,15 +12,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any, Optional
 
 from engine.errors import CheckpointError
 from engine.preprocess import Preprocessing
-from models import UnknownArchitecture, build_model
+
+if TYPE_CHECKING:   # torch, safetensors and the models load only to read or write weights
+    from torch import nn
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
@@ -78,9 +76,10 @@ class ModelCard:
                    extra={k: v for k, v in d.items() if k not in known})
 
 
-def save_checkpoint(model: nn.Module, card: ModelCard, out_dir: str | Path, *,
+def save_checkpoint(model: "nn.Module", card: ModelCard, out_dir: str | Path, *,
                     half: bool = False) -> Path:
     """Write weights (float16 storage with ``half``) and the card; return the folder."""
+    from safetensors.torch import save_file
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -105,8 +104,11 @@ def read_card(ckpt_dir: str | Path) -> ModelCard:
 
 
 def load_checkpoint(ckpt_dir: str | Path | None = None,
-                    map_location: str = "cpu") -> tuple[nn.Module, ModelCard]:
+                    map_location: str = "cpu") -> tuple["nn.Module", ModelCard]:
     """Build the card's architecture and load its weights (float32, eval mode)."""
+    from safetensors.torch import load_file
+
+    from models import UnknownArchitecture, build_model
     folder = Path(ckpt_dir) if ckpt_dir else DEFAULT_MODEL_DIR
     card = read_card(folder)
     weights = folder / WEIGHTS_FILE

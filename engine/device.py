@@ -20,13 +20,19 @@ class DevicePolicy:
     device: torch.device
     autocast_dtype: torch.dtype | None   # None: run in float32
     channels_last: bool
+    # Set when predictions run on another backend (ONNX Runtime); this policy then serves torch's
+    # work only (Grad-CAM), and the label says both.
+    inference: str = ""
 
     @property
     def label(self) -> str:
         """A short human description, e.g. ``cpu, bfloat16 autocast, channels_last``."""
         prec = {None: "float32", torch.bfloat16: "bfloat16 autocast",
                 torch.float16: "float16 autocast (AMP)"}[self.autocast_dtype]
-        return f"{self.device.type}, {prec}" + (", channels_last" if self.channels_last else "")
+        torch_label = f"{self.device.type}, {prec}" + (", channels_last" if self.channels_last else "")
+        if self.inference:
+            return f"{self.device.type}, {self.inference} (Grad-CAM: torch {torch_label.split(', ', 1)[1]})"
+        return torch_label
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

@@ -41,8 +41,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
     p.add_argument("--heatmaps", help="folder for one PNG per readable file: original | Grad-CAM overlay")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8"], default=None,
+                   help="inference backend (default: $CXR_BACKEND or auto, the fastest measured on this CPU; "
+                        "see engine/backends)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network: about a minute to start, then ~1.5x faster (long batches)")
+                   help="torch.compile the network (torch backend): about a minute to start, then faster (long batches)")
     p.add_argument("--include-identifiers", action="store_true", help="add patient identifier columns (off by default)")
     p.add_argument("--anonymise-names", "--anonymize-names", dest="anonymise_names", action="store_true",
                    help="write file-<hash> instead of file names (in the CSV and the heatmap names)")
@@ -72,10 +75,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from engine.predictor import Predictor  # torch loads only after the arguments are checked
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, compile=args.compile)
+        predictor = Predictor.from_checkpoint(args.checkpoint, compile=args.compile, backend=args.backend)
     except CheckpointError as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 3
+    except Exception as exc:   # a forced backend that cannot start (no onnxruntime, no INT8 graph)
+        print(f"error: cannot start the {args.backend} backend: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    if not args.quiet:
+        print(f"backend: {predictor.backend_label} ({predictor.backend.reason})", file=sys.stderr)
     threshold = predictor.threshold if args.threshold is None else args.threshold
     model_label = f"{predictor.card.name} {predictor.card.version}".strip()
 

@@ -9,7 +9,6 @@ probability or an error.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import threading
@@ -17,20 +16,23 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from engine import limits
-from engine.checkpoint import ModelCard, load_checkpoint
+from engine.backends import BackendChoice, choose_backend
+from engine.checkpoint import DEFAULT_MODEL_DIR, ModelCard, read_card
 from engine.decode.pool import DecodePool, default_pool
-from engine.device import DevicePolicy, select_policy
 from engine.errors import ImageReadError
 from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
 from engine.sources import InputItem
-from models.conv_gemm import to_plain_conv2d
+
+if TYPE_CHECKING:   # torch is imported only by the torch backend, Grad-CAM, or ``.model``
+    import torch
+    from torch import nn
+
+    from engine.device import DevicePolicy
 
 log = logging.getLogger(__name__)
 
@@ -66,77 +68,143 @@ class _Decoded:
     error: str = ""
 
 
-def fuse_for_inference(model: nn.Module) -> nn.Module:
+def fuse_for_inference(model: "nn.Module") -> "nn.Module":
     """A copy of ``model`` with every BatchNorm folded into the preceding convolution (eval only)."""
-    try:
-        from torch.fx.experimental.optimization import fuse
-        return fuse(to_plain_conv2d(copy.deepcopy(model)).eval())
-    except Exception as exc:  # models fx cannot trace still work, just without folding
-        log.warning("BatchNorm not folded (torch.fx could not trace %s: %s); inference runs unfolded",
-                    type(model).__name__, exc)
-        return copy.deepcopy(model).eval()
+    from engine.backends.torch_backend import fuse_for_inference as fuse
+    return fuse(model)
+
+
+def _softmax_positive(logits: np.ndarray, temperature: float, positive: int) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e[:, positive] / e.sum(axis=1)
 
 
 class Predictor:
-    """Probabilities of the positive class ("pneumonia") for decoded images or raw files."""
+    """Probabilities of the positive class ("pneumonia") for decoded images or raw files.
 
-    def __init__(self, model: nn.Module, card: ModelCard, policy: Optional[DevicePolicy] = None,
-                 *, fuse: bool = True, compile: bool = False, pool: Optional[DecodePool] = None) -> None:
+    Built from a torch network (``Predictor(model, card, policy)``: the torch backend) or, through
+    :meth:`from_checkpoint`, on the backend that :func:`engine.backends.choose_backend` picks for
+    this machine. With ONNX Runtime, torch is not imported until ``.model`` or ``.policy`` is
+    asked for (Grad-CAM).
+    """
+
+    def __init__(self, model: Optional["nn.Module"], card: ModelCard, policy: Optional["DevicePolicy"] = None,
+                 *, fuse: bool = True, compile: bool = False, pool: Optional[DecodePool] = None,
+                 runner: Any = None, backend: Optional[BackendChoice] = None,
+                 checkpoint: Optional[str | Path] = None) -> None:
         self.card = card
         self.pool = pool
         self.prep = card.preprocessing
-        self.policy = policy or select_policy()
-        self.model = self.policy.prepare_model(model.eval())   # shared; never mutated later
-        self._fast = self.policy.prepare_model(fuse_for_inference(model)) if fuse else self.model
-        # On a CPU, a folded copy stored in bfloat16 skips autocast's per-call weight casts (about
-        # a tenth of the time) and gives the same logits; the shared model stays float32.
-        self._cast = self.policy.autocast_dtype if fuse and self.policy.device.type == "cpu" else None
-        if self._cast is not None:
-            self._fast = self._fast.to(self._cast)
-        # torch.compile fuses CBAM's element-wise work (about 1.5x here) but costs about a minute
-        # once per process: worth it for long batches, not for an interactive session. Batches are
-        # then padded to one fixed size so that nothing recompiles.
-        self._compiled = compile
-        self._compiled_batch: Optional[int] = None
-        if compile:
-            self._fast = torch.compile(self._fast)
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self._model = model
+        self._policy = policy
         self._lock = threading.Lock()
+        if runner is None:
+            from engine.backends.torch_backend import TorchRunner
+            from engine.device import select_policy
+            if model is None:
+                raise ValueError("the torch backend needs a model")
+            self._policy = policy or select_policy()
+            runner = TorchRunner(model, self._policy, fuse=fuse, compile=compile)
+            self._model = runner.model
+            backend = backend or BackendChoice("torch", "a torch network was given")
+        self.runner = runner
+        self.backend = backend or BackendChoice(runner.name, "given")
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | Path | None = None,
-                        policy: Optional[DevicePolicy] = None, **kwargs) -> "Predictor":
-        model, card = load_checkpoint(ckpt_dir)
-        return cls(model, card, policy, **kwargs)
+                        policy: Optional["DevicePolicy"] = None, *, backend: Optional[str] = None,
+                        **kwargs) -> "Predictor":
+        """Load a checkpoint on the best backend here (``backend`` or $CXR_BACKEND can force one).
+
+        A torch ``policy`` or ``compile=True`` asks for torch. When an ONNX backend was chosen
+        automatically but cannot run (no exporter, no writable cache), torch runs instead.
+        """
+        folder = Path(ckpt_dir) if ckpt_dir else DEFAULT_MODEL_DIR
+        card = read_card(folder)
+        if policy is not None or kwargs.get("compile"):
+            choice = BackendChoice("torch", "a torch policy or torch.compile was asked for")
+        else:
+            from engine.backends import int8
+            choice = choose_backend(backend, int8_ready=int8.ready(folder, card))
+        if choice.name != "torch":
+            try:
+                return cls._onnx(folder, card, choice, **kwargs)
+            except Exception as exc:
+                if (backend or "").lower() not in ("", "auto"):
+                    raise
+                log.warning("%s backend unavailable (%s: %s); running torch", choice.name,
+                            type(exc).__name__, exc)
+                choice = BackendChoice("torch", f"{choice.name} could not start ({type(exc).__name__})")
+        from engine.checkpoint import load_checkpoint
+        model, card = load_checkpoint(folder)
+        return cls(model, card, policy, backend=choice, checkpoint=folder, **kwargs)
+
+    @classmethod
+    def _onnx(cls, folder: Path, card: ModelCard, choice: BackendChoice, **kwargs) -> "Predictor":
+        from engine.backends import artefacts, int8
+        from engine.backends.ort import OrtRunner
+        if choice.name == "onnx-int8":
+            path = int8.int8_path(folder, card)
+            if path is None:
+                raise FileNotFoundError(f"no INT8 graph built for {folder} (python -m engine.backends.int8)")
+        else:
+            path = artefacts.onnx_path(folder, card)
+        kwargs.pop("fuse", None)
+        return cls(None, card, runner=OrtRunner(path, choice.name), backend=choice, checkpoint=folder, **kwargs)
+
+    # -- torch objects, loaded on first use when another backend predicts ------------------------
+
+    @property
+    def model(self) -> "nn.Module":
+        """The float32 torch network (shared, eval mode): what Grad-CAM explains."""
+        with self._lock:
+            if self._model is None:
+                from engine.checkpoint import load_checkpoint
+                self._model, _ = load_checkpoint(self.checkpoint)
+            return self._model
+
+    @property
+    def policy(self) -> "DevicePolicy":
+        """The torch device policy (for Grad-CAM); its label also names the inference backend."""
+        with self._lock:
+            if self._policy is None:
+                from dataclasses import replace
+
+                from engine.device import select_policy
+                self._policy = replace(select_policy(), inference=self.runner.label)
+            return self._policy
+
+    @property
+    def backend_label(self) -> str:
+        return self.runner.label
 
     @property
     def threshold(self) -> float:
         return self.card.threshold
 
-    def probabilities_from_logits(self, logits: torch.Tensor) -> np.ndarray:
-        z = logits.float() / self.card.temperature
-        return torch.softmax(z, dim=1)[:, self.card.positive_index].cpu().numpy().astype(np.float64)
+    def probabilities_from_logits(self, logits) -> np.ndarray:
+        logits = logits.float().cpu().numpy() if hasattr(logits, "cpu") else np.asarray(logits)
+        return _softmax_positive(logits, self.card.temperature, self.card.positive_index)
 
-    @torch.inference_mode()
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Network logits for a normalised batch (N, C, S, S)."""
-        n = batch.shape[0]
-        if self._compiled_batch is not None and n < self._compiled_batch:
-            pad = batch.new_zeros((self._compiled_batch - n, *batch.shape[1:]))
-            return self.logits(torch.cat([batch, pad]))[:n]
-        x = self.policy.to_device(batch)
-        if self._cast is not None:
-            return self._fast(x.to(self._cast)).float().cpu()
-        with self.policy.autocast():
-            return self._fast(x).float().cpu()
+    def logits(self, batch: "torch.Tensor") -> "torch.Tensor":
+        """Network logits for a normalised torch batch (N, C, S, S), on this predictor's backend."""
+        if self.runner.name == "torch":
+            return self.runner.logits(batch)
+        import torch
+        return torch.from_numpy(self.runner.logits_np(batch.detach().cpu().float().numpy()))
 
     def predict_arrays(self, resized: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Probabilities for images already resized to the input size (S, S) in [0, 1]."""
         out = []
-        if self._compiled and self._compiled_batch is None:
-            self._compiled_batch = batch_size
+        runner = self.runner
+        if getattr(runner, "compiled", False) and runner.compiled_batch is None:
+            runner.compiled_batch = batch_size
         for i in range(0, len(resized), batch_size):
-            batch = self.prep.normalize(torch.from_numpy(np.stack(resized[i:i + batch_size])))
-            out.append(self.probabilities_from_logits(self.logits(batch)))
+            x = self.prep.normalize_np(np.stack(resized[i:i + batch_size]))
+            out.append(_softmax_positive(runner.logits_np(x), self.card.temperature, self.card.positive_index))
         return np.concatenate(out) if out else np.empty(0)
 
     def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:

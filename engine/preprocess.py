@@ -64,6 +64,22 @@ class Preprocessing:
             batch = batch.expand(-1, 3, -1, -1)
         return batch
 
+    def normalize_np(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`normalize` in numpy (the torch-free backends): the same function, float32 out."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        if self.intensity == "zscore":
+            flat = batch.reshape(len(batch), -1).astype(np.float64)
+            mean = flat.mean(1).reshape(-1, 1, 1, 1)
+            std = flat.std(1, ddof=1).reshape(-1, 1, 1, 1)   # torch.std is unbiased
+            batch = ((batch - mean) / (std + 1e-6)).astype(np.float32)
+        elif self.intensity == "imagenet":
+            batch = (batch - np.float32(0.449)) / np.float32(0.226)
+        if self.in_channels == 3:
+            batch = np.repeat(batch, 3, axis=1)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
     def __call__(self, images: list[np.ndarray]) -> "torch.Tensor":
         """Decoded images (any sizes) -> one normalised batch."""
         import torch

@@ -90,7 +90,7 @@ def test_selected_policy_matches_float32_on_real_images(shipped, shipped_plain, 
 
 def test_folded_batchnorm_matches_the_unfolded_model(shipped_plain):
     folded = Predictor(shipped_plain.model, shipped_plain.card, plain_policy(), fuse=True)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded._fast.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.runner._fast.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())  # the shared model is untouched
     arrays = resized_samples(folded.prep, JPEGS + DICOMS)
     assert_close(folded.predict_arrays(arrays), shipped_plain.predict_arrays(arrays), 1e-5, "probability")

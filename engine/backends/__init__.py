@@ -1,0 +1,129 @@
+"""Which inference backend runs the network on this machine, and why (this module never imports torch).
+
+The engine has one device and precision policy (:mod:`engine.device`); the backend is a choice
+inside it, made from what the hardware offers and what was measured on each kind of CPU here
+(README, "Speed"):
+
+===========================================  ==============================================
+machine                                      backend
+===========================================  ==============================================
+an NVIDIA GPU                                ``torch``: CUDA, float16 autocast, channels_last
+a CPU with native bfloat16 (AVX512-BF16,     ``torch``: bfloat16, channels_last, BatchNorm
+AMX-BF16)                                    folded (faster than ONNX Runtime float32 there)
+any other CPU (AVX2, ...)                    ``onnx``: ONNX Runtime float32 on the exported
+                                             graph (1.3x torch's best float32 path there)
+===========================================  ==============================================
+
+``onnx-int8`` (ONNX Runtime on a statically quantised graph) is chosen only where an INT8
+artefact was built for these weights *and* passed its agreement gate against float32 on the
+validation images (:mod:`engine.backends.int8`) *and* the CPU has 8-bit dot-product instructions
+(VNNI or AMX-INT8). ``CXR_BACKEND`` (or ``--backend``) forces one: ``torch``, ``onnx``,
+``onnx-int8`` or ``auto``. ``CXR_PRECISION=float32`` keeps its meaning: torch float32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+CHOICES = ("auto",) + BACKENDS
+
+# The flags that decide the backend, printed with every benchmark figure.
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+                  "amx_tile", "amx_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    cores: int
+    flags: frozenset[str]
+
+    @property
+    def native_bf16(self) -> bool:
+        return bool({"avx512_bf16", "amx_bf16"} & self.flags)
+
+    @property
+    def int8_dot(self) -> bool:
+        """8-bit dot-product instructions that make INT8 convolutions pay (VNNI or AMX-INT8)."""
+        return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.flags)
+
+    @property
+    def kind(self) -> str:
+        if "amx_bf16" in self.flags:
+            return "AMX"
+        if "avx512_bf16" in self.flags:
+            return "AVX512-BF16 (no AMX)"
+        if "avx512f" in self.flags:
+            return "AVX-512 (no BF16)"
+        if "avx2" in self.flags:
+            return "AVX2 (no AVX-512)"
+        return "baseline x86/other"
+
+    def summary(self) -> str:
+        shown = [f for f in RELEVANT_FLAGS if f in self.flags]
+        return f"{self.model} ({self.cores} cores; {self.kind}; flags: {' '.join(shown) or 'none of note'})"
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """The CPU's model name and flags from /proc/cpuinfo (Linux), without importing torch."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and ":" in line and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return CpuInfo(model, os.cpu_count() or 1, frozenset(flags))
+
+
+def has_nvidia_gpu() -> bool:
+    """An NVIDIA driver is loaded (checked without importing torch)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str       # one of BACKENDS
+    reason: str
+
+
+def choose_backend(prefer: Optional[str] = None, *, int8_ready: bool = False) -> BackendChoice:
+    """The backend for this machine (``prefer`` or $CXR_BACKEND forces one; see the module doc).
+
+    ``int8_ready``: an INT8 artefact for these weights exists and passed its agreement gate.
+    """
+    prefer = (prefer or os.environ.get("CXR_BACKEND") or "auto").lower()
+    if prefer not in CHOICES:
+        raise ValueError(f"unknown backend '{prefer}'; choose one of {', '.join(CHOICES)}")
+    if prefer != "auto":
+        return BackendChoice(prefer, "asked for (--backend or CXR_BACKEND)")
+    if os.environ.get("CXR_PRECISION", "").lower() == "float32":
+        return BackendChoice("torch", "CXR_PRECISION=float32 asks for the plain torch path")
+    cpu = cpu_info()
+    if has_nvidia_gpu():
+        return BackendChoice("torch", "an NVIDIA GPU is present: torch with CUDA and float16 autocast")
+    if cpu.native_bf16:
+        return BackendChoice("torch", f"the CPU has native bfloat16 ({cpu.kind}): torch bfloat16 + "
+                                      "channels_last is the fastest measured path there")
+    if not onnxruntime_available():
+        return BackendChoice("torch", "no native bfloat16 but onnxruntime is not installed: torch float32")
+    if int8_ready and cpu.int8_dot:
+        return BackendChoice("onnx-int8", f"no native bfloat16, 8-bit dot products ({cpu.kind}) and an "
+                                          "INT8 graph that passed its agreement gate")
+    return BackendChoice("onnx", f"no native bfloat16 ({cpu.kind}): ONNX Runtime float32 beats torch "
+                                 "float32 there")

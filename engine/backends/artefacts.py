@@ -1,0 +1,122 @@
+"""Exported graphs are cached artefacts of a checkpoint: made once here, never downloaded.
+
+The checkpoint (``model.safetensors`` + ``model_card.json``) stays the one source of truth. An
+exported graph lives in a cache folder named by a key over everything that shapes it: the weights'
+SHA-256, the architecture, input channels and size, class count, and the exporter's version. New
+weights give a new key, so a stale graph is never used; a graph is rebuilt when missing. Writes
+are atomic (a temporary file renamed into place), so two processes exporting at once both end with
+a whole file.
+
+Cache folder: ``$CXR_CACHE_DIR``, else ``$XDG_CACHE_HOME/cxr-triage``, else ``~/.cache/cxr-triage``.
+This module never imports torch; :func:`export_onnx` imports it to export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from engine.checkpoint import CARD_FILE, WEIGHTS_FILE, ModelCard, read_card
+from engine.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# Bump when the export (folding, opset, graph shape) changes: old artefacts are then ignored.
+EXPORT_VERSION = "onnx-v1-opset17-bnfolded"
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+INT8_REPORT = "int8_report.json"
+META_FILE = "artefact.json"
+
+
+def cache_root() -> Path:
+    env = os.environ.get("CXR_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "cxr-triage"
+
+
+def weights_sha256(ckpt_dir: str | Path) -> str:
+    path = Path(ckpt_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"'{ckpt_dir}' has no {WEIGHTS_FILE}")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def artefact_key(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> str:
+    card = card or read_card(ckpt_dir)
+    p = card.preprocessing
+    shape = f"{card.architecture}|c{p.in_channels}|s{p.image_size}|k{len(card.class_names)}|{EXPORT_VERSION}"
+    return hashlib.sha256(f"{weights_sha256(ckpt_dir)}|{shape}".encode()).hexdigest()[:32]
+
+
+def artefact_dir(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> Path:
+    return cache_root() / "exported" / artefact_key(ckpt_dir, card)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: dict) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def onnx_path(ckpt_dir: str | Path, card: Optional[ModelCard] = None, *, build: bool = True) -> Optional[Path]:
+    """The float32 ONNX graph of this checkpoint: cached, exported (needs torch) when missing."""
+    folder = artefact_dir(ckpt_dir, card)
+    path = folder / ONNX_FILE
+    if path.is_file():
+        return path
+    if not build:
+        return None
+    export_onnx(ckpt_dir, path)
+    write_json(folder / META_FILE, {"checkpoint": str(Path(ckpt_dir).resolve()), "export": EXPORT_VERSION,
+                                    "weights_sha256": weights_sha256(ckpt_dir)})
+    return path
+
+
+def export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
+    """Export the checkpoint's network (BatchNorm folded, float32, dynamic batch) to ``out``."""
+    import warnings
+
+    import torch
+
+    from engine.checkpoint import load_checkpoint
+    from engine.backends.torch_backend import fuse_for_inference
+    model, card = load_checkpoint(ckpt_dir)
+    net = fuse_for_inference(model).float().eval()
+    p = card.preprocessing
+    example = torch.zeros(2, p.in_channels, p.image_size, p.image_size)
+    log.info("exporting %s to ONNX (once for these weights): %s", ckpt_dir, out)
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
+            torch.onnx.export(net, (example,), tmp, dynamo=False, input_names=["input"],
+                              output_names=["logits"], opset_version=17,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    _atomic_write(out, write)
+    return out
+
+
+__all__ = ["cache_root", "artefact_dir", "artefact_key", "onnx_path", "export_onnx", "weights_sha256",
+           "CARD_FILE", "INT8_FILE", "INT8_REPORT"]

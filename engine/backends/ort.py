@@ -1,0 +1,37 @@
+"""The ONNX Runtime backend: the checkpoint's exported graph on the CPU, without importing torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class OrtRunner:
+    """Logits from an ONNX graph (float32 or INT8) with ONNX Runtime's CPU execution provider."""
+
+    def __init__(self, path: str | Path, name: str = "onnx", threads: int = 0) -> None:
+        import onnxruntime as ort
+        self.name = name
+        self.path = Path(path)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = threads or int(os.environ.get("CXR_ORT_THREADS", "0") or 0)
+        if threads:
+            so.intra_op_num_threads = threads
+        # Idle ONNX Runtime threads spin by default; the decoding workers need those cores.
+        so.add_session_config_entry("session.intra_op.allow_spinning",
+                                    os.environ.get("CXR_ORT_SPIN", "0"))
+        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.version = ort.__version__
+
+    @property
+    def label(self) -> str:
+        kind = "INT8 (static, QDQ)" if self.name == "onnx-int8" else "float32"
+        return f"ONNX Runtime {self.version} {kind}"
+
+    def logits_np(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)

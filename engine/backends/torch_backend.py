@@ -1,0 +1,72 @@
+"""The torch backend: CUDA with float16 autocast, or CPU bfloat16 / float32, BatchNorm folded.
+
+What :class:`engine.predictor.Predictor` ran before the backends existed, moved here unchanged:
+a folded copy of the network (BatchNorm into the convolutions), stored in bfloat16 on a CPU with
+native bfloat16 (skips autocast's per-call weight casts), optionally ``torch.compile``-d with
+batches padded to one size so that nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.device import DevicePolicy
+from models.conv_gemm import to_plain_conv2d
+
+log = logging.getLogger(__name__)
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm folded into the preceding convolution (eval only)."""
+    try:
+        from torch.fx.experimental.optimization import fuse
+        return fuse(to_plain_conv2d(copy.deepcopy(model)).eval())
+    except Exception as exc:  # models fx cannot trace still work, just without folding
+        log.warning("BatchNorm not folded (torch.fx could not trace %s: %s); inference runs unfolded",
+                    type(model).__name__, exc)
+        return copy.deepcopy(model).eval()
+
+
+class TorchRunner:
+    """Logits from a torch network on the device policy."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, policy: DevicePolicy, *, fuse: bool = True, compile: bool = False) -> None:
+        self.policy = policy
+        self.model = policy.prepare_model(model.eval())   # shared; never mutated later
+        self._fast = policy.prepare_model(fuse_for_inference(model)) if fuse else self.model
+        self._cast = policy.autocast_dtype if fuse and policy.device.type == "cpu" else None
+        if self._cast is not None:
+            self._fast = self._fast.to(self._cast)
+        # torch.compile fuses CBAM's element-wise work but costs about a minute once per process:
+        # worth it for long batches, not for an interactive session.
+        self.compiled = compile
+        self.compiled_batch: Optional[int] = None
+        if compile:
+            self._fast = torch.compile(self._fast)
+
+    @property
+    def label(self) -> str:
+        return f"torch: {self.policy.label}" + (", BatchNorm folded" if self._fast is not self.model else "")
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        n = batch.shape[0]
+        if self.compiled_batch is not None and n < self.compiled_batch:
+            pad = batch.new_zeros((self.compiled_batch - n, *batch.shape[1:]))
+            return self.logits(torch.cat([batch, pad]))[:n]
+        x = self.policy.to_device(batch)
+        if self._cast is not None:
+            return self._fast(x.to(self._cast)).float().cpu()
+        with self.policy.autocast():
+            return self._fast(x).float().cpu()
+
+    def logits_np(self, batch: np.ndarray) -> np.ndarray:
+        return self.logits(torch.from_numpy(batch)).numpy()

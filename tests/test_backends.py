@@ -1,0 +1,136 @@
+"""Inference backends: parity with torch float32 on real images, the cached export, INT8, no torch.
+
+Each available backend is run for real on the shipped model and the sample radiographs (no mocks);
+the export goes to a temporary cache folder ($CXR_CACHE_DIR) so nothing outside the test is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.backends import BACKENDS, CpuInfo, artefacts, choose_backend
+from engine.device import plain_policy
+from engine.predictor import Predictor
+from engine.sources import iter_inputs
+from helpers import DICOMS, JPEGS, ROOT, SHIPPED_MODEL, assert_close, write_tiny_checkpoint
+
+pytest.importorskip("onnxruntime")
+REAL = [str(p) for p in JPEGS + DICOMS]
+ONNX_ATOL = 1e-4        # ONNX Runtime float32 against torch float32: the same arithmetic, reordered
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cxr-cache")
+    old = os.environ.get("CXR_CACHE_DIR")
+    os.environ["CXR_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("CXR_CACHE_DIR", None)
+    else:
+        os.environ["CXR_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def float32(cache):
+    p = Predictor.from_checkpoint(SHIPPED_MODEL, policy=plain_policy(), fuse=False)
+    return [x.probability for x in p.predict_stream(iter_inputs(REAL))]
+
+
+def _probs(predictor):
+    preds = list(predictor.predict_stream(iter_inputs(REAL), batch_size=8))
+    assert all(p.ok for p in preds), [p.message for p in preds if not p.ok]
+    return [p.probability for p in preds]
+
+
+def test_onnx_matches_torch_float32_on_real_images(cache, float32):
+    onnx = Predictor.from_checkpoint(SHIPPED_MODEL, backend="onnx")
+    assert onnx.runner.name == "onnx" and "ONNX Runtime" in onnx.backend_label
+    assert_close(_probs(onnx), float32, ONNX_ATOL, "ONNX Runtime vs torch float32")
+    # the torch side (Grad-CAM) loads on demand and its label names both
+    assert "ONNX Runtime" in onnx.policy.label and "Grad-CAM: torch" in onnx.policy.label
+    assert sum(p.numel() for p in onnx.model.parameters()) > 1_000_000
+
+
+def test_export_is_cached_and_rebuilt_when_the_weights_change(cache, tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny", seed=1)
+    first = artefacts.onnx_path(ckpt)
+    stamp = first.stat().st_mtime_ns
+    assert artefacts.onnx_path(ckpt) == first and first.stat().st_mtime_ns == stamp   # made once
+    write_tiny_checkpoint(tmp_path / "tiny", seed=2)                                   # new weights
+    second = artefacts.onnx_path(ckpt)
+    assert second != first and second.is_file()
+    torch_p = Predictor.from_checkpoint(ckpt, policy=plain_policy(), fuse=False)
+    onnx_p = Predictor.from_checkpoint(ckpt, backend="onnx")
+    assert onnx_p.runner.path == second
+    assert_close(_probs(onnx_p), _probs(torch_p), ONNX_ATOL, "new weights: ONNX vs torch")
+    meta = json.loads((second.parent / "artefact.json").read_text())
+    assert meta["weights_sha256"] == artefacts.weights_sha256(ckpt)
+
+
+def test_predict_cli_does_not_import_torch_on_the_onnx_backend(cache, tmp_path, float32):
+    artefacts.onnx_path(SHIPPED_MODEL)      # the export is made once, before (it needs torch)
+    out = tmp_path / "out.csv"
+    code = ("import sys; from engine.predict import main; "
+            f"rc = main([*{REAL!r}, '--out', {str(out)!r}, '--backend', 'onnx', '--quiet']); "
+            "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH'); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CXR_CACHE_DIR": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("NO_TORCH")
+    import csv
+    rows = list(csv.DictReader(open(out)))
+    assert [r["status"] for r in rows] == ["ok"] * len(REAL)
+    assert_close([float(r["probability"]) for r in rows], float32, ONNX_ATOL, "CLI on ONNX vs torch float32")
+
+
+def test_int8_is_built_gated_and_chosen_only_when_it_passes(cache, tmp_path, float32):
+    pytest.importorskip("onnx")
+    from engine.backends import int8
+    labels = np.array([0 if "NORMAL" in str(p) else 1 for p in JPEGS])
+    report = int8.build(SHIPPED_MODEL, JPEGS, labels, every=1)
+    assert set(report["gate"]) == {"max_probability_difference", "auc_difference", "flag_agreement"}
+    a = report["all_validation"]
+    assert a["n"] == len(JPEGS) and report["passed"] == int8.passes(a)
+    assert int8.ready(SHIPPED_MODEL) == report["passed"]
+    q = Predictor.from_checkpoint(SHIPPED_MODEL, backend="onnx-int8")
+    assert q.runner.name == "onnx-int8"
+    p8 = np.array(_probs(q)[:len(JPEGS)])
+    ref = np.array(float32[:len(JPEGS)])
+    # the report's figure is what the INT8 predictor really gives on these images
+    assert abs(np.abs(p8 - ref).max() - a["max_probability_difference"]) < 1e-3
+    # the quantized network keeps the ranking of these clear-cut sample images
+    assert (p8[labels == 1].min() > p8[labels == 0].max()) == (ref[labels == 1].min() > ref[labels == 0].max())
+    # a report that failed its gate is never chosen automatically
+    (int8.artefacts.artefact_dir(SHIPPED_MODEL) / artefacts.INT8_REPORT).write_text(
+        json.dumps({**report, "passed": False}))
+    assert not int8.ready(SHIPPED_MODEL)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "fma"}, "onnx"),                                       # AMD EPYC, AVX2 only
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "torch"),    # AMD EPYC with AVX512-BF16
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}, "torch"),  # Xeon, AMX
+])
+def test_choice_follows_the_cpu(monkeypatch, flags, expected):
+    import engine.backends as backends
+    monkeypatch.delenv("CXR_BACKEND", raising=False)
+    monkeypatch.delenv("CXR_PRECISION", raising=False)
+    monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo("test CPU", 2, frozenset(flags)))
+    monkeypatch.setattr(backends, "has_nvidia_gpu", lambda: False)
+    choice = choose_backend()
+    assert choice.name == expected and choice.reason
+    assert choose_backend(int8_ready=False).name != "onnx-int8"
+    monkeypatch.setenv("CXR_BACKEND", "onnx")
+    assert choose_backend().name == "onnx"
+    monkeypatch.setenv("CXR_BACKEND", "nonsense")
+    with pytest.raises(ValueError):
+        choose_backend()
+    assert set(BACKENDS) == {"torch", "onnx", "onnx-int8"}
