@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import sidebar
+from dashboard import resources, sidebar, state
 
 PAGES = (
     ("views/home.py", "Home", ":material/home:"),
@@ -20,6 +20,7 @@ def main() -> None:
                        layout="wide")
     page = st.navigation([st.Page(path, title=title, icon=icon, default=(i == 0))
                           for i, (path, title, icon) in enumerate(PAGES)])
+    state.open_worklist(resources.store())
     sidebar.render()
     page.run()
 

@@ -1,14 +1,13 @@
 """Everything cached across reruns and sessions, and nothing per user.
 
 * ``st.cache_resource``: the predictor and explainer (one per checkpoint folder and file
-  fingerprint, so a replaced checkpoint is reloaded; never mutated), and the prediction cache.
+  fingerprint, so a replaced checkpoint is reloaded; never mutated), and the worklist store.
 * ``st.cache_data``: validation predictions, decoded images and raw heatmaps, keyed by content:
   a file's SHA-256, the model's fingerprint. Users only reach an entry by having the same bytes.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,10 +19,9 @@ from engine.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, load_v
 from engine.decode.pool import default_pool
 from engine.errors import CheckpointError
 from engine.image import DecodedImage
-from engine.review_log import ReviewLog
+from engine.store import Store, default_root
 from engine.sources import InputItem
 
-from dashboard.batch import PredictionCache
 from dashboard.evaluation import (EvaluationFolder, LabelledSet, labelled_set_from_csv, load_evaluation_folder,
                                   val_predictions_set)
 from dashboard.imaging import DISPLAY_MAX_PX
@@ -86,9 +84,14 @@ def explainer(ref: ModelRef):
     return _load_explainer(ref.path, ref.fingerprint)
 
 
-@st.cache_resource
-def prediction_cache() -> PredictionCache:
-    return PredictionCache()
+@st.cache_resource(show_spinner=False)
+def _open_store(root: str) -> Store:
+    return Store(root)
+
+
+def store() -> Store:
+    """The worklist store at ``$CXR_STORE_DIR`` (read at each call; one object per folder)."""
+    return _open_store(str(default_root()))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -161,8 +164,3 @@ def load_evaluation(path: str) -> EvaluationFolder:
             s = f.stat()
             stamp += f"{name}:{s.st_size}:{s.st_mtime_ns};"
     return evaluation_folder(str(p), stamp)
-
-
-def review_log() -> ReviewLog:
-    """The review log at ``$CXR_REVIEW_LOG`` (read at each call) or ./review_log.sqlite3."""
-    return ReviewLog(os.environ.get("CXR_REVIEW_LOG") or None)

@@ -60,12 +60,23 @@ def _threshold_section(ref: resources.ModelRef) -> None:
     st.caption(f"Card threshold {card.threshold:.3f}: {card.threshold_rule or 'rule not stated'}")
 
 
+def _reviewer_section() -> None:
+    st.subheader("Your worklist")
+    wl = state.worklist()
+    name = st.text_input("Reviewer name (recorded with your decisions)", value=wl.reviewer, key="reviewer_name",
+                         max_chars=80, placeholder="e.g. Dr A. Reader")
+    if name.strip() != wl.reviewer:
+        state.set_worklist(resources.store().set_reviewer(wl, name))
+    st.caption("This page's link is your worklist: bookmark it to come back (a reload or a server restart "
+               "keeps it). Anyone with the link can open it; do not share it.")
+
+
 def render() -> resources.ModelRef:
     """Draw the sidebar; remember the model in session state; return it."""
-    state.count_run()
     with st.sidebar:
         st.info(NOTICE, icon=":material/info:")
         ref = _model_section()
         st.session_state[state.MODEL_REF] = ref
         _threshold_section(ref)
+        _reviewer_section()
     return ref

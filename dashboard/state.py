@@ -21,11 +21,12 @@ PRESET = "preset"                # preset selectbox key
 SAVED = "saved_operating_points"  # {name: threshold}
 MODEL_REF = "model_ref"          # the ModelRef the sidebar resolved for this run
 REVIEW_SHA = "review_sha"        # the study open in Review
-TRIAGE_STORE = "triage_store"    # dashboard.batch.sync_batch's store
+WORKLIST = "worklist"            # the engine.store.Worklist this browser session works on
+WORKLIST_PARAM = "w"             # the link's query parameter that carries the worklist's secret token
+_TOKEN = "_worklist_token"
+_UPLOADER_GEN = "_uploader_generation"
 CUSTOM = "Custom (slider)"
 _THRESHOLD_MODEL = "_threshold_model"
-_RUN = "_run_no"                 # counts script runs (the sidebar draws on every run)
-_TRIAGE_RUN = "_triage_run"
 _PRESET_VALUES = "_preset_values"
 SHOWN_THRESHOLD = "_threshold_shown"  # the slider value the last run drew
 
@@ -119,26 +120,42 @@ def save_operating_point(name: str, value: float) -> str:
     return name[:60]
 
 
-def count_run() -> None:
-    st.session_state[_RUN] = st.session_state.get(_RUN, 0) + 1
+def open_worklist(store):
+    """The worklist named by the link's secret token (``?w=...``), or a new one; keeps the token in the link.
+
+    The link is the identity: whoever has it reaches the worklist, after a reload, a server restart or
+    on another device; a session without it starts its own. The token is put back in the address bar on
+    every run, since page navigation may drop query parameters.
+    """
+    ss = st.session_state
+    token = ss.get(_TOKEN) or st.query_params.get(WORKLIST_PARAM, "")
+    wl = store.worklist(token) if token else None
+    if wl is None:
+        token, wl = store.create_worklist()
+    ss[_TOKEN] = token
+    ss[WORKLIST] = wl
+    if st.query_params.get(WORKLIST_PARAM) != token:
+        st.query_params[WORKLIST_PARAM] = token
+    return wl
 
 
-def uploader_fresh() -> bool:
-    """True when the previous run was not the Triage page: Streamlit then empties its uploader,
-    which says nothing about what the user wants in the worklist. Call once per Triage run."""
-    run = st.session_state.get(_RUN, 0)
-    fresh = st.session_state.get(_TRIAGE_RUN) != run - 1
-    st.session_state[_TRIAGE_RUN] = run
-    return fresh
+def worklist():
+    """The worklist opened for this run (an ``engine.store.Worklist``)."""
+    return st.session_state[WORKLIST]
 
 
-def triage_store():
-    """The session's :class:`dashboard.batch.BatchStore` (created on first use)."""
-    from dashboard.batch import BatchStore
-    store = st.session_state.get(TRIAGE_STORE)
-    if not isinstance(store, BatchStore):
-        store = st.session_state[TRIAGE_STORE] = BatchStore()
-    return store
+def set_worklist(wl) -> None:
+    st.session_state[WORKLIST] = wl
+
+
+def uploader_key() -> str:
+    """The uploader's key: a new one after each ingest empties the widget, so the uploaded bytes
+    leave the browser session (they are in the store)."""
+    return f"uploads_{st.session_state.get(_UPLOADER_GEN, 0)}"
+
+
+def renew_uploader() -> None:
+    st.session_state[_UPLOADER_GEN] = st.session_state.get(_UPLOADER_GEN, 0) + 1
 
 
 def model_ref():

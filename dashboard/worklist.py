@@ -20,12 +20,12 @@ from dashboard.batch import StudyRecord
 from engine.csvsafe import csv_safe as _csv_safe
 
 IDENTIFIER_COLUMNS = ("patient_name", "patient_id", "birth_date", "accession_number", "institution")
-BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "modality",
-                "view_position", "body_part", "format", "sha256")
-DISPLAY_COLUMNS = ("thumbnail", "file", "probability", "flag", "modality", "view_position",
-                   "warnings", "reason")
-EXPORT_COLUMNS = ("file", "status", "probability", "flagged", "threshold", "model", "reason",
-                  "warnings", "modality", "view_position", "body_part", "format", "sha256")
+BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "review", "study_date",
+                "modality", "view_position", "body_part", "format", "sha256")
+DISPLAY_COLUMNS = ("thumbnail", "file", "probability", "flag", "review", "reason", "warnings", "study_date",
+                   "modality", "view_position")
+EXPORT_COLUMNS = ("file", "status", "probability", "flagged", "threshold", "model", "review", "reason",
+                  "warnings", "study_date", "modality", "view_position", "body_part", "format", "sha256")
 VIEWS = ("All", "Flagged", "Not flagged", "Unreadable")
 FLAG_TEXT = {True: "FLAGGED", False: "not flagged"}
 # a 1x1 transparent PNG: an unreadable file's thumbnail cell stays empty instead of saying "None"
@@ -58,6 +58,8 @@ def build_worklist(records: Iterable[StudyRecord]) -> pd.DataFrame:
             "status": r.status,
             "reason": r.message,
             "warnings": "; ".join(r.warnings),
+            "review": getattr(r, "review_status", "unreviewed"),
+            "study_date": _date(md.study_date),
             "modality": md.modality or "",
             "view_position": md.view_position or "",
             "body_part": md.body_part or "",
@@ -72,6 +74,23 @@ def build_worklist(records: Iterable[StudyRecord]) -> pd.DataFrame:
     df = df.sort_values(["_readable", "probability", "_order"], ascending=[False, False, True],
                         na_position="last", kind="mergesort").reset_index(drop=True)
     return df.drop(columns=["_order"])
+
+
+def _date(value) -> str:
+    """A DICOM date (YYYYMMDD) as YYYY-MM-DD; anything else as given (or empty)."""
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+def with_identifiers(df: pd.DataFrame, lookup) -> pd.DataFrame:
+    """The worklist with its identifier columns filled from ``lookup(sha256) -> PatientIdentifiers``
+    (the store keeps them apart; they are read only for an export that asks for them)."""
+    out = df.copy()
+    for i, sha in enumerate(out["sha256"]):
+        ids = lookup(sha) if sha else None
+        for c in IDENTIFIER_COLUMNS:
+            out.at[i, c] = (getattr(ids, c) or "") if ids is not None else ""
+    return out
 
 
 def flags(df: pd.DataFrame, threshold: float) -> np.ndarray:

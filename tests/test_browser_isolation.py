@@ -29,7 +29,7 @@ pytestmark = [
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("isolation")
     srv = start_server(ARTIFACTS / "streamlit_isolation.log",
-                       {"CXR_REVIEW_LOG": str(folder / "review_log.sqlite3"),
+                       {"CXR_STORE_DIR": str(folder / "store"),
                         "CXR_UNSAFE_SKIP_STREAM_CHECKS": "1"})
     try:
         yield srv

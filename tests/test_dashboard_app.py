@@ -7,6 +7,7 @@ are wrapped to count the images they receive, so the tests see when the network 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -25,7 +26,6 @@ from engine.checkpoint import DEFAULT_MODEL_DIR, read_card
 from engine.decode import read_image
 from engine.explain import Explainer
 from engine.predictor import Predictor
-from engine.review_log import ReviewLog
 from engine.sources import items_from_uploads
 
 from dashboard import resources
@@ -88,8 +88,7 @@ def calls(monkeypatch) -> Calls:
 
 @pytest.fixture
 def app(tmp_path, monkeypatch, calls) -> AppTest:
-    monkeypatch.setenv("CXR_REVIEW_LOG", str(tmp_path / "review_log.sqlite3"))
-    resources.prediction_cache.clear()      # each test starts with nothing scored
+    monkeypatch.setenv("CXR_STORE_DIR", str(tmp_path / "store"))   # each test starts with an empty store
     resources.heatmap.clear()
     at = AppTest.from_file(str(HOME), default_timeout=120).run()
     assert not at.exception, [e.message for e in at.exception]
@@ -115,7 +114,7 @@ def all_text(at: AppTest) -> str:
 
 def upload_batch(at: AppTest, files=BATCH) -> AppTest:
     at.switch_page("views/triage.py").run()
-    at.file_uploader(key="uploads").set_value(files).run()
+    at.file_uploader[0].set_value(files).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
 
@@ -253,11 +252,29 @@ def test_triage_adds_new_files_only_and_keeps_the_worklist_across_pages(app, cal
     upload_batch(app, BATCH[:3])
     assert calls.scored == 3
     app.switch_page("views/home.py").run()
-    app.switch_page("views/triage.py").run()                      # Streamlit emptied the uploader
+    app.switch_page("views/triage.py").run()
     assert metric(app, "Files") == "3"
-    app.file_uploader(key="uploads").set_value([BATCH[3], BATCH[0]]).run()
+    assert not app.file_uploader[0].value                         # the bytes left the session for the store
+    app.file_uploader[0].set_value([BATCH[3], BATCH[0]]).run()
     assert metric(app, "Files") == "4"                            # the re-uploaded DICOM listed once
     assert calls.scored == 4                                      # only the new content was scored
+
+
+def test_the_worklist_survives_a_reload_and_a_server_restart(app, calls):
+    upload_batch(app, BATCH[:3])
+    token = app.query_params["w"]
+    assert len(token) >= 20                                       # the link carries the worklist's secret
+    resources._open_store.clear()                                 # as after a restart: nothing in memory
+    again = AppTest.from_file(str(HOME), default_timeout=120)
+    again.query_params["w"] = token                               # a reload: the same link, a new session
+    again.run()
+    again.switch_page("views/triage.py").run()
+    assert metric(again, "Files") == "3" and calls.scored == 3    # read back, not scored again
+    stranger = AppTest.from_file(str(HOME), default_timeout=120)
+    stranger.query_params["w"] = "not-a-worklist-token"
+    stranger.run()
+    stranger.switch_page("views/triage.py").run()
+    assert not stranger.dataframe and stranger.query_params["w"] != "not-a-worklist-token"
 
 
 def test_triage_refuses_files_over_the_size_limit(app, monkeypatch):
@@ -292,7 +309,7 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     app.selectbox(key="open_study").set_value(dicom_sha).run()
     app.button(key="open_review").click().run()
     assert not app.exception, [e.message for e in app.exception]
-    assert app.title[0].value == "Review"
+    assert app.button(key="review_agree") and app.button(key="review_disagree")   # the Review page
     assert app.session_state["review_sha"] == dicom_sha
     app.switch_page("views/review.py")      # AppTest does not follow st.switch_page for later runs
     captions = [c for img in app.image for c in img.captions]
@@ -312,24 +329,30 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     assert any("heat ≥ 0.50" in c for img in app.image for c in img.captions)
     assert calls.explained == 1                                   # display changes reuse the heatmap
 
-    app.radio(key="review_decision").set_value("disagree")
-    app.text_area(key="review_note").set_value("no consolidation seen")
-    app.button(key="review_submit").click().run()
-    entries = ReviewLog(tmp_path / "review_log.sqlite3").entries()
-    assert len(entries) == 1
-    e = entries[0]
-    assert (e.file_sha256, e.file_name, e.decision, e.note) == (dicom_sha, DICOM.name, "disagree",
-                                                               "no consolidation seen")
-    assert e.model == f"{CARD.name} {CARD.version}"
-    assert e.threshold == pytest.approx(app.slider(key="threshold").value)
-    worklist = app.session_state["triage_store"].batch.worklist.set_index("sha256")
-    assert e.probability == pytest.approx(worklist.loc[dicom_sha, "probability"])
-    assert ids.patient_name not in ReviewLog(tmp_path / "review_log.sqlite3").to_csv()
-
     app.slider(key="threshold").set_value(0.0).run()              # every study flagged
-    app.button(key="next_flagged").click().run()
-    assert app.session_state["review_sha"] != dicom_sha
+    app.text_input(key="reviewer_name").input("Dr A. Reader").run()
+    assert not [b for b in app.button if b.key == "review_submit"]  # no form with a preset choice: two buttons
+    app.text_input(key="review_note").input("no consolidation seen").run()
+    app.button(key="review_disagree").click().run()
+    assert not app.exception, [e.message for e in app.exception]
+    from engine.store import Store
+    rows = list(csv.DictReader(io.StringIO(Store(tmp_path / "store").decisions_csv(None))))
+    assert len(rows) == 1
+    e = rows[0]
+    assert (e["file_sha256"], e["file_name"], e["decision"], e["note"], e["reviewer"]) == (
+        dicom_sha, DICOM.name, "disagree", "no consolidation seen", "Dr A. Reader")
+    assert e["model"] == f"{CARD.name} {CARD.version}"
+    assert float(e["threshold"]) == pytest.approx(0.0)
+    assert ids.patient_name not in Store(tmp_path / "store").decisions_csv(None)
+    assert app.session_state["review_sha"] != dicom_sha            # moved on to the next unreviewed flagged
+    next_sha = app.session_state["review_sha"]
+    app.switch_page("views/review.py").run()
     assert calls.explained == 2
+    app.button(key="next_flagged").click().run()
+    assert app.session_state["review_sha"] != next_sha
+    app.switch_page("views/triage.py").run()
+    reviews = app.dataframe[0].value.set_index("sha256")["review"]
+    assert reviews[dicom_sha] == "disagreed" and (reviews.drop(dicom_sha) == "unreviewed").all()
 
 
 def test_review_without_a_batch_says_what_to_do(app):

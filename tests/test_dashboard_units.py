@@ -21,6 +21,7 @@ from engine.image import PatientIdentifiers, StudyMetadata
 from engine.predictor import Prediction
 
 from dashboard import batch as B
+from engine.store import Store
 from dashboard import evaluation as E
 from dashboard import figures as F
 from dashboard import imaging, worklist as W
@@ -64,65 +65,65 @@ def _upload(path_or_name, data=None, uid=None):
     return B.Upload(uid or path_or_name, path_or_name, len(data), lambda d=data: d)
 
 
-# --------------------------------------------------------------------------- batch
+# --------------------------------------------------------------------------- batch (through the store)
 
-def test_batch_scores_each_content_once_and_lists_unreadable():
-    fake, cache = FakePredictor(), B.PredictionCache()
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "store")
+
+
+def _batch(store, wl, fake, model="m1", max_files=B.MAX_FILES, uploads=()):
+    B.ingest_uploads(store, wl, list(uploads), max_files=max_files)
+    B.score_worklist(store, wl, fake, model)
+    return B.load_batch(store, wl, model, W.build_worklist)
+
+
+def test_batch_scores_each_content_once_and_lists_unreadable(store):
+    fake = FakePredictor()
+    _, wl = store.create_worklist()
     ups = [_upload(p) for p in JPEGS[:3]] + [_upload("x.dcm", b"just text"),
                                             _upload("copy.jpeg", JPEGS[0].read_bytes())]
-    res = B.process_uploads(ups, fake, "m1", cache)
-    records = [r for u in ups for r in res[u.id].records]
-    assert [r.status for r in records] == ["ok", "ok", "ok", "error", "ok"]
-    assert "x.dcm" in records[3].message and "not a DICOM" in records[3].message
+    batch = _batch(store, wl, fake, uploads=ups)
+    records = {r.name: r for r in batch.records}
+    assert [records[u.name].status for u in ups] == ["ok", "ok", "ok", "error", "ok"]
+    assert records["x.dcm"].message.startswith("x.dcm: ") and "not a DICOM" in records["x.dcm"].message
     assert len(fake.scored) == 3                     # the copy has the same content: scored once
-    assert records[4].probability == records[0].probability and records[4].name == "copy.jpeg"
-    assert records[0].thumbnail.startswith("data:image/png;base64,")
-    again = B.process_uploads([_upload(JPEGS[1], uid="new-id")], fake, "m1", cache)
-    assert len(fake.scored) == 3                     # a cache hit: the model is not called
-    assert again["new-id"].records[0].probability == records[1].probability
-    B.process_uploads([_upload(JPEGS[1], uid="other-model")], fake, "m2", cache)
-    assert len(fake.scored) == 4                     # another model key scores again
+    assert records["copy.jpeg"].probability == records[JPEGS[0].name].probability
+    assert records[JPEGS[0].name].thumbnail.startswith("data:image/png;base64,")
+    _, other = store.create_worklist()               # another user uploads the same bytes, renamed
+    again = _batch(store, other, fake, uploads=[_upload("renamed.jpeg", JPEGS[1].read_bytes()),
+                                                _upload("y.dcm", b"just text")])
+    assert len(fake.scored) == 3                     # already scored by this model: not called
+    assert {r.name for r in again.records} == {"renamed.jpeg", "y.dcm"}   # nothing of the first user's
+    assert next(r for r in again.records if r.name == "y.dcm").message.startswith("y.dcm: ")
+    _batch(store, wl, fake, model="m2")
+    assert len(fake.scored) == 6                     # another model scores the worklist again
 
 
-def test_batch_limits_refuse_with_a_message(monkeypatch):
+def test_batch_limits_refuse_with_a_message(store, monkeypatch):
     monkeypatch.setattr(B, "MAX_FILE_BYTES", 10_000)
-    big = bytes(20_000)
+    _, wl = store.create_worklist()
     archive = zip_bytes({f"NORMAL/{p.name}": p.read_bytes() for p in JPEGS[:3]})
-    ups = [_upload("big.dcm", big), _upload("a.zip", archive)]
-    res = B.process_uploads(ups, FakePredictor(), "m", B.PredictionCache(), max_files=2)
-    big_rec = res["big.dcm"].records[0]
-    assert big_rec.status == "refused" and "limit for one image" in big_rec.message
-    zipped = res["a.zip"].records
-    assert [r.name.split("/")[0] for r in zipped] == ["a.zip"] * 3
-    assert [r.status for r in zipped] == ["ok", "ok", "refused"]
-    assert "1,000" not in zipped[2].message and "2-file limit" in zipped[2].message
+    batch = _batch(store, wl, FakePredictor(), max_files=3,
+                   uploads=[_upload("big.dcm", bytes(20_000)), _upload("a.zip", archive)])
+    records = {r.name: r for r in batch.records}
+    assert records["big.dcm"].status == "refused" and "limit for one image" in records["big.dcm"].message
+    zipped = [r for r in batch.records if r.name.startswith("a.zip/")]
+    assert sorted(r.status for r in zipped) == ["ok", "ok", "refused"]
+    refused = next(r for r in zipped if r.status == "refused")
+    assert "3-study limit" in refused.message and "1,000" not in refused.message
 
 
-def test_sync_batch_keeps_worklist_across_pages_and_removes_on_page():
-    fake, cache, store = FakePredictor(), B.PredictionCache(), B.BatchStore()
-    a, b = _upload(JPEGS[0]), _upload(JPEGS[1])
-    batch = B.sync_batch(store, [a, b], fake, "m", cache, W.build_worklist)
-    df = batch.worklist
-    assert len(df) == 2
-    assert B.sync_batch(store, [a, b], fake, "m", cache, W.build_worklist).worklist is df  # not rebuilt
-    # another page emptied the uploader: the worklist stays, and a new upload is added to it
-    batch = B.sync_batch(store, [], fake, "m", cache, W.build_worklist, uploader_fresh=True)
-    assert len(batch.records) == 2
-    c = _upload(JPEGS[2])
-    assert len(B.sync_batch(store, [c], fake, "m", cache, W.build_worklist).records) == 3
-    # removing c from the uploader while on the page removes it from the worklist
-    assert len(B.sync_batch(store, [], fake, "m", cache, W.build_worklist).records) == 2
+def test_uploads_go_to_the_store_once_and_a_repeat_is_not_listed_twice(store):
+    fake = FakePredictor()
+    _, wl = store.create_worklist()
+    _batch(store, wl, fake, uploads=[_upload(JPEGS[0]), _upload(JPEGS[1])])
+    batch = _batch(store, wl, fake, uploads=[_upload(JPEGS[1]), _upload(JPEGS[2])])
+    assert [r.name for r in batch.records] == [JPEGS[0].name, JPEGS[1].name, JPEGS[2].name]
     assert len(fake.scored) == 3
-    store.clear()
-    assert B.sync_batch(store, [], fake, "m", cache, W.build_worklist) is None
-
-
-def test_sync_batch_rescored_when_the_model_changes():
-    fake, cache, store = FakePredictor(), B.PredictionCache(), B.BatchStore()
-    a = _upload(JPEGS[0])
-    B.sync_batch(store, [a], fake, "m1", cache, W.build_worklist)
-    batch = B.sync_batch(store, [], fake, "m2", cache, W.build_worklist, uploader_fresh=True)
-    assert batch.model_key == "m2" and len(fake.scored) == 2
+    assert batch.sources[batch.records[0].sha256].read() == JPEGS[0].read_bytes()   # from the file cache
+    store.remove_studies(wl)
+    assert B.load_batch(store, wl, "m1", W.build_worklist) is None
 
 
 # --------------------------------------------------------------------------- worklist

@@ -48,7 +48,7 @@ def _folder_source(ref, pred) -> Optional[LabelledSet]:
         items = iter_inputs([root]) if root is not None else \
             items_from_uploads([(archive.name, archive.getvalue())])
         bar = st.progress(0.0, text="Scoring…")
-        records = score_items(items, pred, ref.key, resources.prediction_cache(), max_files=MAX_EVAL_FILES,
+        records = score_items(items, pred, ref.key, resources.store(), max_files=MAX_EVAL_FILES,
                               progress=lambda d, t: bar.progress(d / max(t or d, 1), text=f"Scoring {d:,} of {t:,}"))
         bar.empty()
         try:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import streamlit as st
 
 from engine.errors import ImageReadError
 from engine.explain import METHODS
 from engine.overlay import COLORMAPS
-from engine.review_log import DECISIONS, ReviewLogError
+from engine.store import StoreError
 
 from dashboard import imaging, resources, state, worklist
+from dashboard.batch import load_batch
 
 PICK = "review_pick"
+NOTE_KEY = "review_note"
+_FLASH = "_review_flash"
 METHOD_NAMES = {"gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM",
                 "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion"}
 
@@ -55,75 +60,105 @@ def _header_panel(image) -> None:
             st.caption("This file carries no patient identifiers.")
 
 
-def _review_form(rec, model_label: str, thr: float) -> None:
-    st.subheader("Your review")
+def _record(study_id: int, decision: str, rec, model_label: str, thr: float, queue: list[str]) -> None:
+    """Button callback: record the decision, then open the next unreviewed flagged study."""
+    store = resources.store()
+    try:
+        store.record_decision(study_id, reviewer=state.worklist().reviewer, decision=decision,
+                              probability=rec.probability, threshold=thr, model=model_label,
+                              note=st.session_state.get(NOTE_KEY, ""))
+    except (StoreError, OSError) as exc:
+        st.session_state[_FLASH] = ("error", f"Could not record the review: {exc}")
+        return
+    st.session_state[_FLASH] = ("success", f"Recorded: {decision} ({rec.name.rsplit('/', 1)[-1]}).")
+    st.session_state[NOTE_KEY] = ""
+    following = [s for s in queue if s != rec.sha256]
+    if following:
+        st.session_state[state.REVIEW_SHA] = following[0]
+
+
+def _review_form(rec, model_label: str, thr: float, queue: list[str]) -> None:
+    """Agree / disagree as two buttons (A, D): a decision is always an explicit choice."""
     flagged = rec.probability >= thr
-    with st.form("review_form", clear_on_submit=True, border=False):
-        decision = st.radio(f"The model {'flags' if flagged else 'does not flag'} this study at "
-                            f"{thr:.3f}. Do you agree?", DECISIONS, horizontal=True, key="review_decision",
-                            format_func=str.capitalize)
-        note = st.text_area("Note (optional; no patient identifiers)", key="review_note", max_chars=2000)
-        if st.form_submit_button("Record review", type="primary", key="review_submit"):
-            try:
-                resources.review_log().record(
-                    file_sha256=rec.sha256, file_name=rec.name, model=model_label,
-                    probability=rec.probability, threshold=thr, decision=decision, note=note)
-                st.success(f"Recorded: {decision} ({rec.name.rsplit('/', 1)[-1]}).")
-            except (ReviewLogError, OSError) as exc:
-                st.error(f"Could not record the review: {exc}")
-    log = resources.review_log()
-    mine = log.entries(rec.sha256)
-    if mine:
-        st.caption(f"Earlier reviews of this file ({len(mine)})")
-        st.dataframe(pd.DataFrame([e.__dict__ for e in mine])[
-            ["time", "decision", "note", "probability", "threshold", "model"]], hide_index=True,
+    st.markdown(f"**Your review.** The model {'flags' if flagged else 'does not flag'} this study at "
+                f"{thr:.3f}. Do you agree?")
+    st.text_input("Note (optional; no patient identifiers)", key=NOTE_KEY, max_chars=2000)
+    b1, b2 = st.columns(2)
+    args = (rec.study_id, "agree", rec, model_label, thr, queue)
+    b1.button("Agree", key="review_agree", type="primary", shortcut="A", on_click=_record, args=args,
+              icon=":material/check:", width="stretch")
+    b2.button("Disagree", key="review_disagree", shortcut="D", on_click=_record,
+              args=(rec.study_id, "disagree", *args[2:]), icon=":material/close:", width="stretch")
+    flash = st.session_state.pop(_FLASH, None)
+    if flash:
+        getattr(st, flash[0])(flash[1])
+    store = resources.store()
+    earlier = store.decisions(rec.study_id)
+    if earlier:
+        last = earlier[-1]
+        st.caption(f"Recorded decision: **{last['decision']}** by {last['reviewer'] or 'an unnamed reviewer'} "
+                   f"at {_local_time(last['time'])} ({len(earlier)} in all).")
+        st.dataframe(pd.DataFrame(earlier).assign(time=lambda d: d["time"].map(_local_time))[
+            ["time", "reviewer", "decision", "note", "probability", "threshold"]], hide_index=True,
             key="file_reviews")
-    st.download_button("Download the review log (CSV)", data=log.to_csv, file_name="review_log.csv",
-                       mime="text/csv", icon=":material/download:", key="log_csv", on_click="ignore")
-    st.caption(f"Log: `{log.path}` · {len(log)} review(s) · no patient identifiers are stored.")
+    else:
+        st.caption("Not reviewed yet.")
+
+
+def _local_time(iso: str) -> str:
+    from datetime import datetime
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    except ValueError:
+        return iso
 
 
 def render() -> None:
     ref = state.model_ref()
     pred = resources.predictor(ref)
     thr = state.threshold()
-    st.title("Review")
-    batch = state.triage_store().batch
+    store = resources.store()
+    batch = load_batch(store, state.worklist(), ref.key, worklist.build_worklist)
     if batch is None or not batch.records:
+        st.title("Review")
         st.info("No worklist yet: upload studies on the Triage page first.")
         st.page_link("views/triage.py", label="Go to Triage", icon=":material/format_list_numbered:")
         return
     df = batch.worklist
     readable = worklist.readable_shas(df)
     if not readable:
+        st.title("Review")
         st.warning("No study in the worklist could be read; see the reasons on the Triage page.")
         return
     flagged = worklist.flagged_shas(df, thr)
-    if batch.model_key != ref.key:
-        st.warning("The worklist was scored with another model: open Triage to rescore it.")
+    reviewed = {s for s, r in zip(df["sha256"], df["review"]) if r != "unreviewed"}
+    queue = [s for s in flagged if s not in reviewed]            # unreviewed flagged, highest first
     if st.session_state.get(state.REVIEW_SHA) not in readable:
-        st.session_state[state.REVIEW_SHA] = (flagged or readable)[0]
+        st.session_state[state.REVIEW_SHA] = (queue or flagged or readable)[0]
     sha = st.session_state[state.REVIEW_SHA]
     st.session_state[PICK] = sha
     names = {s: n for s, n in zip(df["sha256"], df["file"]) if s}
     probs = {s: p for s, p in zip(df["sha256"], df["probability"]) if s}
 
-    n1, n2, n3 = st.columns([1, 4, 1], vertical_alignment="bottom")
-    n1.button("Previous flagged", icon=":material/arrow_back:", key="prev_flagged",
-              on_click=_step, args=(flagged, readable, -1), disabled=not flagged, width="stretch")
-    n2.selectbox("Study", readable, key=PICK, on_change=_picked,
+    st.subheader("Review", anchor=False)
+    n1, n2, n3, n4 = st.columns([1, 4, 1, 2], vertical_alignment="bottom")
+    n1.button("Previous", icon=":material/arrow_back:", key="prev_flagged", shortcut="P",
+              on_click=_step, args=(flagged, readable, -1), disabled=not flagged, width="stretch",
+              help="Previous flagged study (P)")
+    n2.selectbox("Study", readable, key=PICK, on_change=_picked, label_visibility="collapsed",
                  format_func=lambda s: f"{names.get(s, s[:12])} — {probs[s]:.3f}"
-                                       + (" ⚑" if probs[s] >= thr else ""))
-    n3.button("Next flagged", icon=":material/arrow_forward:", key="next_flagged",
-              on_click=_step, args=(flagged, readable, +1), disabled=not flagged, width="stretch")
-    pos = f"flagged study {flagged.index(sha) + 1} of {len(flagged)}" if sha in flagged else \
-        f"not flagged ({len(flagged)} flagged in the worklist)"
-    st.caption(pos)
+                                       + (" ⚑" if probs[s] >= thr else "") + (" ✓" if s in reviewed else ""))
+    n3.button("Next", icon=":material/arrow_forward:", key="next_flagged", shortcut="N",
+              on_click=_step, args=(flagged, readable, +1), disabled=not flagged, width="stretch",
+              help="Next flagged study (N)")
+    n4.caption((f"flagged study {flagged.index(sha) + 1} of {len(flagged)}" if sha in flagged else
+                f"not flagged ({len(flagged)} flagged)") + f" · {len(queue)} flagged left to review · "
+               "keys: A agree, D disagree, N next, P previous")
 
     rec = batch.record(sha)
     item = batch.sources.get(sha)
     if rec is None or item is None:
-        st.error("This study is no longer in the uploads.")
+        st.error("This study is no longer in the worklist.")
         return
     with st.expander("Display", expanded=False, icon=":material/tune:"):
         d1, d2, d3 = st.columns(3)
@@ -133,9 +168,10 @@ def render() -> None:
         cmap = d2.selectbox("Colormap", list(COLORMAPS), key="rv_cmap", persist_state="session")
         opacity = d3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="rv_opacity", persist_state="session")
         w1, w2, w3 = st.columns(3)
-        center = w1.slider("Window level (centre)", 0.0, 1.0, 0.5, 0.01, key="rv_center",
-                           persist_state="session", help="Display only: the model always sees the full range.")
-        width = w2.slider("Window width", 0.05, 1.0, 1.0, 0.01, key="rv_width", persist_state="session")
+        # Window and level start afresh for each study (their keys carry the study's hash).
+        center = w1.slider("Window level (centre)", 0.0, 1.0, 0.5, 0.01, key=f"rv_center_{sha[:16]}",
+                           help="Display only: the model always sees the full range.")
+        width = w2.slider("Window width", 0.05, 1.0, 1.0, 0.01, key=f"rv_width_{sha[:16]}")
         min_heat = w3.slider("Overlay only where heat ≥", 0.0, 0.9, 0.2, 0.05, key="rv_min_heat",
                              persist_state="session",
                              help="Leaves the radiograph untinted where the explanation is weak "
@@ -150,28 +186,36 @@ def render() -> None:
     original, overlay, alone = imaging.review_panels(imgs.display, heat, center=center, width=width,
                                                      colormap=cmap, opacity=opacity, min_heat=min_heat)
 
-    p = rec.probability
-    s1, s2, s3 = st.columns(3)
-    s1.metric("Probability of pneumonia", f"{p:.3f}")
-    s2.metric("Threshold", f"{thr:.3f}", delta=f"{p - thr:+.3f} probability − threshold",
-              delta_color="off")
-    s3.metric("At this threshold", "FLAGGED" if p >= thr else "not flagged")
-    for w in rec.warnings:
-        st.warning(w, icon=":material/warning:")
-
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns([5, 5, 4])
     c1.image(original, caption=f"{rec.name} (window {center:.2f} / {width:.2f})", width="stretch")
     c2.image(overlay, caption=f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, "
-                              f"heat ≥ {min_heat:.2f})",
-             width="stretch")
-    h1, h2 = st.columns(2)
-    with h1:
-        st.image(alone, caption=f"{METHOD_NAMES.get(method, method)} heatmap alone "
-                                f"(evidence for pneumonia, warmer = more; scaled within this image, so a low-probability "
-                                f"study still shows a warmest spot)", width="stretch")
-    with h2:
-        _header_panel(imgs.image)
-    _review_form(rec, f"{pred.card.name} {pred.card.version}".strip(), thr)
+                              f"heat ≥ {min_heat:.2f})", width="stretch")
+    with c3:
+        p = rec.probability
+        s1, s2 = st.columns(2)
+        s1.metric("Probability of pneumonia", f"{p:.3f}")
+        s2.metric("Threshold", f"{thr:.3f}", delta=f"{p - thr:+.3f} probability − threshold", delta_color="off")
+        st.markdown(f"At this threshold: **{'FLAGGED' if p >= thr else 'not flagged'}**")
+        for w in rec.warnings:
+            st.warning(w, icon=":material/warning:")
+        _review_form(rec, f"{pred.card.name} {pred.card.version}".strip(), thr, queue)
+    with st.expander("Heatmap alone and the study header", expanded=False):
+        h1, h2 = st.columns(2)
+        h1.image(alone, caption=f"{METHOD_NAMES.get(method, method)} heatmap alone "
+                                f"(evidence for pneumonia, warmer = more; scaled within this image, so a "
+                                f"low-probability study still shows a warmest spot)", width="stretch")
+        with h2:
+            _header_panel(imgs.image)
+    _export_section(store)
+
+
+def _export_section(store) -> None:
+    """Decisions as CSV: this worklist's (the reviewer's own), or everyone's where the deployment allows."""
+    everyone = os.environ.get("CXR_SHARED_REVIEW_EXPORT") == "1"
+    data = store.decisions_csv(None if everyone else state.worklist())
+    st.download_button("Download " + ("everyone's decisions" if everyone else "your decisions") + " (CSV)",
+                       data=data, file_name="review_decisions.csv", mime="text/csv", icon=":material/download:",
+                       key="log_csv", on_click="ignore")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import resources, state, worklist
-from dashboard.batch import MAX_ARCHIVE_BYTES, MAX_FILE_BYTES, MAX_FILES, Upload, fmt_mb, sync_batch
+from dashboard.batch import (MAX_ARCHIVE_BYTES, MAX_FILE_BYTES, MAX_FILES, Upload, fmt_mb, ingest_uploads,
+                             load_batch, score_worklist)
 
 REVIEW_PAGE = "views/review.py"
 
@@ -15,40 +16,54 @@ def _open_in_review(sha: str) -> None:
     st.switch_page(REVIEW_PAGE)
 
 
+def _clear(store, wl) -> None:
+    store.remove_studies(wl)
+    st.session_state.pop("open_study", None)
+
+
 def render() -> None:
     ref = state.model_ref()
     pred = resources.predictor(ref)
     thr = state.threshold()
+    store = resources.store()
+    wl = state.worklist()
     model_label = f"{pred.card.name} {pred.card.version}".strip()
     st.title("Triage")
     files = st.file_uploader(
         "Chest radiographs: DICOM (.dcm or no extension), JPEG, PNG, or ZIP archives of them",
-        accept_multiple_files=True, key="uploads",
-        help=f"Up to {MAX_FILES:,} images per batch, {fmt_mb(MAX_FILE_BYTES)} per image, "
-             f"{fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP. The content decides the format, not the extension.")
-    uploads = [Upload(f.file_id, f.name, f.size, f.getvalue) for f in files or []]
+        accept_multiple_files=True, key=state.uploader_key(),
+        help=f"Up to {MAX_FILES:,} studies per worklist, {fmt_mb(MAX_FILE_BYTES)} per image, "
+             f"{fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP. The content decides the format, not the extension. "
+             "Files go to the worklist store and the uploader empties.")
 
     bar = st.empty()
 
     def progress(done: int, total) -> None:
         bar.progress(done / max(total or done, 1), text=f"Reading and scoring new files: {done:,} of {total:,}")
 
-    store = state.triage_store()
-    batch = sync_batch(store, uploads, pred, ref.key, resources.prediction_cache(),
-                       worklist.build_worklist, uploader_fresh=state.uploader_fresh(), progress=progress)
+    if files:
+        ingest_uploads(store, wl, [Upload(f.file_id, f.name, f.size, f.getvalue) for f in files])
+        state.renew_uploader()          # the bytes are in the store: empty the widget (and the session)
+    score_worklist(store, wl, pred, ref.key, progress=progress)
     bar.empty()
+    if files:
+        st.rerun()
+    eviction = store.evict(protect_threshold=thr, model_key=ref.key)
+    if eviction.over_limit:
+        st.warning(f"The worklist store is over its size limit ({fmt_mb(eviction.used_bytes)} of "
+                   f"{fmt_mb(eviction.max_bytes)}): {eviction.blocked_by_unreviewed} flagged studies are not yet "
+                   "reviewed, and their files are kept until they are. Review them, or raise CXR_STORE_MAX_MB.")
+    batch = load_batch(store, wl, ref.key, worklist.build_worklist)
     if batch is None:
         st.info("Upload files to build a worklist. Each file is scored once; moving the threshold "
-                "only re-flags.")
-        if store.ignored:
-            st.caption("Worklist cleared: the files still shown in the uploader are not in it. "
-                       "Remove them (×) or upload files again to add them.")
+                "only re-flags. The worklist is kept (on this server) for this page's link.")
         return
     df = batch.worklist
     h1, h2 = st.columns([4, 1], vertical_alignment="center")
-    h1.caption(f"The worklist keeps every file uploaded in this session ({len(df):,}), also after "
-               "you visit other pages. Scored by " + model_label + ".")
-    h2.button("Clear worklist", key="clear_worklist", on_click=store.clear, icon=":material/delete_sweep:")
+    h1.caption(f"{len(df):,} studies in your worklist, kept on this server for this page's link (a reload "
+               "or a restart keeps them). Scored by " + model_label + ".")
+    h2.button("Clear worklist", key="clear_worklist", on_click=_clear, args=(store, wl),
+              icon=":material/delete_sweep:")
 
     c = worklist.counts(df, thr)
     m1, m2, m3, m4 = st.columns(4)
@@ -67,6 +82,7 @@ def render() -> None:
     show = f1.radio("Show", worklist.VIEWS, horizontal=True, key="wl_view", persist_state="session")
     thumbs = f2.toggle("Thumbnails", value=True, key="wl_thumbs", persist_state="session")
     table = worklist.view(df, thr, show, thumbs)
+    st.caption("Select a row to open the study in Review.")
     event = st.dataframe(
         table, hide_index=True, key="worklist_table", on_select="rerun", selection_mode="single-row",
         column_order=[c for c in table.columns if c != "sha256"],
@@ -76,9 +92,11 @@ def render() -> None:
             "probability": st.column_config.ProgressColumn(
                 "P(pneumonia)", min_value=0.0, max_value=1.0, format="%.3f", width="medium"),
             "flag": st.column_config.TextColumn(f"At {thr:.3f}"),
+            "review": st.column_config.TextColumn("Review", width="small"),
+            "study_date": st.column_config.TextColumn("Study date", width="small"),
             "modality": "Modality", "view_position": "View",
             "warnings": st.column_config.TextColumn("Warnings", width="medium"),
-            "reason": st.column_config.TextColumn("Unreadable because", width="large"),
+            "reason": st.column_config.TextColumn("Unreadable because", width="medium"),
         })
 
     rows = list(event.selection.rows) if event is not None else []
@@ -88,7 +106,7 @@ def render() -> None:
     if rows != st.session_state.get("_worklist_rows"):     # a newly selected row picks the study
         st.session_state["_worklist_rows"] = rows
         if rows and rows[0] < len(table) and table.iloc[rows[0]]["sha256"] in readable:
-            st.session_state["open_study"] = table.iloc[rows[0]]["sha256"]
+            _open_in_review(table.iloc[rows[0]]["sha256"])      # one click opens the study
     names = {sha: name for sha, name in zip(df["sha256"], df["file"]) if sha}
     if readable:
         o1, o2 = st.columns([3, 1], vertical_alignment="bottom")
@@ -109,7 +127,8 @@ def render() -> None:
                            help="Off by default: the export then holds no patient identifier.")
     e2.download_button(
         "Download worklist CSV", icon=":material/download:", key="export_csv",
-        data=lambda: worklist.export_csv(df, thr, model_label, with_ids),
+        data=lambda: worklist.export_csv(worklist.with_identifiers(df, store.identifiers) if with_ids else df,
+                                         thr, model_label, with_ids),
         file_name="worklist_with_identifiers.csv" if with_ids else "worklist.csv", mime="text/csv",
         on_click="ignore")
 

@@ -1,0 +1,443 @@
+"""The worklist store: studies, scores and review status on disk, so a worklist outlives a browser tab.
+
+One SQLite database (WAL journal, one transaction per change) and a content-addressed cache of the
+files beside it, under one folder:
+
+    <root>/store.sqlite3     worklists, studies, results per model, thumbnails, identifiers
+    <root>/files/ab/abcdef…  each file's bytes once, named by its SHA-256
+
+* **Worklists** are reached by a secret token (the dashboard puts it in its link): only the token's
+  SHA-256 is stored, so reading the database does not give anyone the links.
+* **Studies** are rows of a worklist (or of the shared inbox, ``worklist_id`` NULL, for studies that
+  arrive from the network), in the order they were added. A study points at a file by its SHA-256.
+* **Results** are keyed by (file SHA-256, model key): a file is scored once per model, whoever uploads
+  it; they carry the probability or the refusal, warnings and safe metadata (JSON).
+* **Identifiers** (patient name, ID, birth date, accession number, institution) live in their own
+  table, keyed by file, and are read only when asked for.
+* **Size** is bounded (``max_bytes``, ``CXR_STORE_MAX_MB``, 2 GB by default). :meth:`Store.evict`
+  removes whole files, least recently used first, but never a file that belongs to a study that is
+  flagged and not yet reviewed: when only those are left over the limit, it says so (the dashboard
+  shows it) and nothing is removed silently. A study whose file was evicted keeps its row, score and
+  decisions; only "open in Review" needs the file again, and says it was evicted.
+
+The location is ``$CXR_STORE_DIR``, else ``$XDG_DATA_HOME/cxr-triage``, else
+``~/.local/share/cxr-triage``: the user's data folder, never the working directory. Every call opens
+its own connection, so one :class:`Store` serves every thread (Streamlit sessions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import tempfile
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from engine import limits
+from engine.image import PatientIdentifiers, StudyMetadata
+
+DB_NAME = "store.sqlite3"
+REVIEW_STATUSES = ("unreviewed", "agreed", "disagreed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS worklists (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash  TEXT    NOT NULL UNIQUE,
+    reviewer    TEXT    NOT NULL DEFAULT '',
+    created     TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    sha256      TEXT    PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    on_disk     INTEGER NOT NULL DEFAULT 1,
+    last_used   TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    worklist_id INTEGER REFERENCES worklists(id) ON DELETE CASCADE,   -- NULL: the shared inbox
+    name        TEXT    NOT NULL,
+    sha256      TEXT    NOT NULL DEFAULT '',       -- '' when the file could not even be read
+    source      TEXT    NOT NULL DEFAULT 'upload',
+    read_error  TEXT    NOT NULL DEFAULT '',       -- a refusal before decoding (limits, ZIP errors)
+    added       TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_by_worklist ON studies (worklist_id, id);
+CREATE INDEX IF NOT EXISTS studies_by_file ON studies (sha256);
+CREATE TABLE IF NOT EXISTS results (
+    sha256      TEXT    NOT NULL,
+    model_key   TEXT    NOT NULL,
+    status      TEXT    NOT NULL,                  -- 'ok' or 'error'
+    probability REAL,
+    message     TEXT    NOT NULL DEFAULT '',
+    warnings    TEXT    NOT NULL DEFAULT '[]',
+    metadata    TEXT    NOT NULL DEFAULT '{}',
+    scored      TEXT    NOT NULL,
+    PRIMARY KEY (sha256, model_key)
+);
+CREATE TABLE IF NOT EXISTS thumbnails (
+    sha256      TEXT    PRIMARY KEY,
+    data_uri    TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identifiers (
+    sha256           TEXT PRIMARY KEY,
+    patient_name     TEXT,
+    patient_id       TEXT,
+    birth_date       TEXT,
+    accession_number TEXT,
+    institution      TEXT
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id    INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+    reviewer    TEXT    NOT NULL DEFAULT '',
+    decision    TEXT    NOT NULL CHECK (decision IN ('agree', 'disagree')),
+    note        TEXT    NOT NULL DEFAULT '',
+    probability REAL    NOT NULL,
+    threshold   REAL    NOT NULL,
+    model       TEXT    NOT NULL,
+    time        TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_study ON decisions (study_id, id);
+"""
+
+
+class StoreError(ValueError):
+    """A store operation that cannot be done (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Worklist:
+    id: int
+    reviewer: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of scoring one file with one model."""
+
+    status: str                                   # "ok" or "error"
+    probability: Optional[float] = None
+    message: str = ""
+    warnings: tuple[str, ...] = ()
+    metadata: StudyMetadata = field(default_factory=StudyMetadata)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One study of a worklist as the dashboard shows it (no identifiers)."""
+
+    id: int
+    name: str
+    sha256: str
+    source: str
+    added: str
+    inbox: bool
+    read_error: str = ""
+    result: Optional[Result] = None               # None: not yet scored with this model
+    thumbnail: str = ""
+    review_status: str = "unreviewed"
+    on_disk: bool = True
+
+
+@dataclass(frozen=True)
+class EvictionReport:
+    removed_files: int
+    freed_bytes: int
+    used_bytes: int
+    max_bytes: int
+    blocked_by_unreviewed: int                    # flagged, unreviewed files that were kept over the limit
+
+    @property
+    def over_limit(self) -> bool:
+        return self.used_bytes > self.max_bytes
+
+
+def default_root() -> Path:
+    env = os.environ.get("CXR_STORE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cxr-triage"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Store:
+    """Worklists, studies, results and cached files under one folder (see the module docstring)."""
+
+    def __init__(self, root: Optional[Path | str] = None, max_bytes: Optional[int] = None) -> None:
+        self.root = Path(root) if root else default_root()
+        self.max_bytes = max_bytes or int(os.environ.get("CXR_STORE_MAX_MB", "") or 2048) * limits.MB
+        (self.root / "files").mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / DB_NAME
+        with closing(self._connect()) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=30)
+        con.execute("PRAGMA foreign_keys=ON")
+        return con
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends, rolled back on any exception."""
+        with closing(self._connect()) as con, con:
+            yield con
+
+    # -------------------------------------------------------------------------------- worklists
+
+    def create_worklist(self, reviewer: str = "") -> tuple[str, Worklist]:
+        """A new worklist and the secret token that reaches it (shown once, never stored)."""
+        token = secrets.token_urlsafe(18)
+        with self._tx() as con:
+            cur = con.execute("INSERT INTO worklists (token_hash, reviewer, created) VALUES (?, ?, ?)",
+                              (_token_hash(token), reviewer.strip()[:80], _now()))
+        return token, Worklist(int(cur.lastrowid), reviewer.strip()[:80])
+
+    def worklist(self, token: str) -> Optional[Worklist]:
+        if not token:
+            return None
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT id, reviewer FROM worklists WHERE token_hash = ?",
+                              (_token_hash(token),)).fetchone()
+        return Worklist(int(row[0]), row[1]) if row else None
+
+    def set_reviewer(self, worklist: Worklist, reviewer: str) -> Worklist:
+        name = reviewer.strip()[:80]
+        with self._tx() as con:
+            con.execute("UPDATE worklists SET reviewer = ? WHERE id = ?", (name, worklist.id))
+        return Worklist(worklist.id, name)
+
+    # -------------------------------------------------------------------------------- files
+
+    def _file_path(self, sha256: str) -> Path:
+        return self.root / "files" / sha256[:2] / sha256
+
+    def put_file(self, data: bytes, sha256: Optional[str] = None) -> str:
+        """Keep ``data`` once (content-addressed, written atomically); return its SHA-256."""
+        sha = sha256 or hashlib.sha256(data).hexdigest()
+        path = self._file_path(sha)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        with self._tx() as con:
+            con.execute("INSERT INTO files (sha256, size, on_disk, last_used) VALUES (?, ?, 1, ?) "
+                        "ON CONFLICT(sha256) DO UPDATE SET on_disk = 1, last_used = excluded.last_used",
+                        (sha, len(data), _now()))
+        return sha
+
+    def read_file(self, sha256: str) -> bytes:
+        """The cached bytes of a file; :class:`StoreError` when it was evicted or never kept."""
+        try:
+            data = self._file_path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise StoreError("the file is no longer in the local cache (evicted to keep the store under "
+                             "its size limit): upload it again to review it") from None
+        with self._tx() as con:
+            con.execute("UPDATE files SET last_used = ? WHERE sha256 = ?", (_now(), sha256))
+        return data
+
+    def has_file(self, sha256: str) -> bool:
+        return self._file_path(sha256).exists()
+
+    # -------------------------------------------------------------------------------- studies
+
+    def add_study(self, worklist: Optional[Worklist], name: str, sha256: str = "", *, source: str = "upload",
+                  read_error: str = "") -> int:
+        """A study row in ``worklist`` (None: the shared inbox); return its id."""
+        with self._tx() as con:
+            cur = con.execute("INSERT INTO studies (worklist_id, name, sha256, source, read_error, added) "
+                              "VALUES (?, ?, ?, ?, ?, ?)",
+                              (worklist.id if worklist else None, name, sha256, source, read_error, _now()))
+        return int(cur.lastrowid)
+
+    def has_study(self, worklist: Worklist, name: str, sha256: str) -> bool:
+        """Whether the worklist already lists this file under this name (an upload repeated)."""
+        with closing(self._connect()) as con:
+            return con.execute("SELECT 1 FROM studies WHERE worklist_id = ? AND name = ? AND sha256 = ? LIMIT 1",
+                               (worklist.id, name, sha256)).fetchone() is not None
+
+    def count_studies(self, worklist: Worklist) -> int:
+        with closing(self._connect()) as con:
+            return int(con.execute("SELECT COUNT(*) FROM studies WHERE worklist_id = ?",
+                                   (worklist.id,)).fetchone()[0])
+
+    def remove_studies(self, worklist: Worklist, study_ids: Optional[Sequence[int]] = None) -> int:
+        """Remove some (or all) of a worklist's studies, decisions included; return how many."""
+        with self._tx() as con:
+            if study_ids is None:
+                cur = con.execute("DELETE FROM studies WHERE worklist_id = ?", (worklist.id,))
+            else:
+                cur = con.executemany("DELETE FROM studies WHERE worklist_id = ? AND id = ?",
+                                      [(worklist.id, int(i)) for i in study_ids])
+        return int(cur.rowcount)
+
+    def studies(self, worklist: Optional[Worklist], model_key: str, *, include_inbox: bool = True
+                ) -> list[StudyRow]:
+        """The worklist's studies (and the shared inbox's), in the order they were added."""
+        where = "s.worklist_id = ?" + (" OR s.worklist_id IS NULL" if include_inbox else "")
+        args: tuple = (worklist.id if worklist else -1,)
+        query = f"""
+            SELECT s.id, s.name, s.sha256, s.source, s.added, s.worklist_id IS NULL, s.read_error,
+                   r.status, r.probability, r.message, r.warnings, r.metadata, t.data_uri,
+                   (SELECT d.decision FROM decisions d WHERE d.study_id = s.id ORDER BY d.id DESC LIMIT 1),
+                   COALESCE(f.on_disk, 0)
+            FROM studies s
+            LEFT JOIN results r ON r.sha256 = s.sha256 AND r.model_key = ?
+            LEFT JOIN thumbnails t ON t.sha256 = s.sha256
+            LEFT JOIN files f ON f.sha256 = s.sha256
+            WHERE {where} ORDER BY s.id"""
+        with closing(self._connect()) as con:
+            rows = con.execute(query, (model_key, *args)).fetchall()
+        out = []
+        for (sid, name, sha, source, added, inbox, read_error, status, prob, message, warnings, metadata,
+             thumb, decision, on_disk) in rows:
+            result = None
+            if status is not None:
+                result = Result(status, prob, message, tuple(json.loads(warnings)),
+                                _metadata_from_json(metadata))
+            review = {"agree": "agreed", "disagree": "disagreed"}.get(decision or "", "unreviewed")
+            out.append(StudyRow(int(sid), name, sha, source, added, bool(inbox), read_error, result,
+                                thumb or "", review, bool(on_disk)))
+        return out
+
+    # -------------------------------------------------------------------------------- results
+
+    def result(self, sha256: str, model_key: str) -> Optional[Result]:
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT status, probability, message, warnings, metadata FROM results "
+                              "WHERE sha256 = ? AND model_key = ?", (sha256, model_key)).fetchone()
+        if row is None:
+            return None
+        return Result(row[0], row[1], row[2], tuple(json.loads(row[3])), _metadata_from_json(row[4]))
+
+    def put_result(self, sha256: str, model_key: str, result: Result, *, thumbnail: str = "",
+                   identifiers: Optional[PatientIdentifiers] = None) -> None:
+        """Keep one file's result for one model, its thumbnail and identifiers (apart)."""
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO results (sha256, model_key, status, probability, message, "
+                        "warnings, metadata, scored) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sha256, model_key, result.status, result.probability, result.message,
+                         json.dumps(list(result.warnings)), json.dumps(result.metadata.as_dict()), _now()))
+            if thumbnail:
+                con.execute("INSERT OR REPLACE INTO thumbnails (sha256, data_uri) VALUES (?, ?)",
+                            (sha256, thumbnail))
+            ids = identifiers.as_dict() if identifiers is not None else {}
+            if ids:
+                con.execute("INSERT OR REPLACE INTO identifiers (sha256, patient_name, patient_id, birth_date, "
+                            "accession_number, institution) VALUES (?, ?, ?, ?, ?, ?)",
+                            (sha256, ids.get("patient_name"), ids.get("patient_id"), ids.get("birth_date"),
+                             ids.get("accession_number"), ids.get("institution")))
+
+    def identifiers(self, sha256: str) -> PatientIdentifiers:
+        """Patient identifiers of a file: read only when a user asks for them."""
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT patient_name, patient_id, birth_date, accession_number, institution "
+                              "FROM identifiers WHERE sha256 = ?", (sha256,)).fetchone()
+        return PatientIdentifiers(*row) if row else PatientIdentifiers()
+
+    # -------------------------------------------------------------------------------- decisions
+
+    def record_decision(self, study_id: int, *, reviewer: str, decision: str, probability: float,
+                        threshold: float, model: str, note: str = "") -> None:
+        if decision not in ("agree", "disagree"):
+            raise StoreError(f"decision must be 'agree' or 'disagree', got {decision!r}")
+        with self._tx() as con:
+            con.execute("INSERT INTO decisions (study_id, reviewer, decision, note, probability, threshold, "
+                        "model, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (int(study_id), reviewer.strip()[:80], decision, str(note or "").strip()[:2000],
+                         float(probability), float(threshold), model, _now()))
+
+    def decisions(self, study_id: int) -> list[dict]:
+        with closing(self._connect()) as con:
+            rows = con.execute("SELECT time, reviewer, decision, note, probability, threshold, model "
+                               "FROM decisions WHERE study_id = ? ORDER BY id", (int(study_id),)).fetchall()
+        keys = ("time", "reviewer", "decision", "note", "probability", "threshold", "model")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def decisions_csv(self, worklist: Optional[Worklist]) -> str:
+        """Decisions as CSV (one worklist's, or every worklist's with None): no patient identifier,
+        the file by its content hash and base name, times in UTC, cells defused for spreadsheets."""
+        import csv
+        import io
+        from pathlib import PurePosixPath
+        from engine.csvsafe import csv_safe
+        query = ("SELECT d.time, d.reviewer, s.name, s.sha256, d.model, d.probability, d.threshold, d.decision, "
+                 "d.note FROM decisions d JOIN studies s ON s.id = d.study_id")
+        args: tuple = ()
+        if worklist is not None:
+            query += " WHERE s.worklist_id = ?"
+            args = (worklist.id,)
+        with closing(self._connect()) as con:
+            rows = con.execute(query + " ORDER BY d.id", args).fetchall()
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["time", "reviewer", "file_name", "file_sha256", "model", "probability", "threshold",
+                         "decision", "note"])
+        for row in rows:
+            row = list(row)
+            row[2] = PurePosixPath(str(row[2]).replace("\\", "/")).name
+            writer.writerow([csv_safe(v) for v in row])
+        return buf.getvalue()
+
+    # -------------------------------------------------------------------------------- size
+
+    def used_bytes(self) -> int:
+        with closing(self._connect()) as con:
+            return int(con.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE on_disk = 1").fetchone()[0])
+
+    def evict(self, protect_threshold: float, model_key: str) -> EvictionReport:
+        """Bring the cache under ``max_bytes``: least recently used files first, never a file of a
+        study that is flagged at ``protect_threshold`` (by ``model_key``) and not yet reviewed."""
+        used = self.used_bytes()
+        if used <= self.max_bytes:
+            return EvictionReport(0, 0, used, self.max_bytes, 0)
+        with closing(self._connect()) as con:
+            protected = {r[0] for r in con.execute("""
+                SELECT s.sha256 FROM studies s JOIN results r ON r.sha256 = s.sha256 AND r.model_key = ?
+                WHERE r.status = 'ok' AND r.probability >= ?
+                  AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.study_id = s.id)""",
+                (model_key, float(protect_threshold)))}
+            candidates = con.execute("SELECT sha256, size FROM files WHERE on_disk = 1 ORDER BY last_used, sha256"
+                                     ).fetchall()
+        removed = freed = 0
+        for sha, size in candidates:
+            if used - freed <= self.max_bytes:
+                break
+            if sha in protected:
+                continue
+            self._file_path(sha).unlink(missing_ok=True)
+            with self._tx() as con:
+                con.execute("UPDATE files SET on_disk = 0 WHERE sha256 = ?", (sha,))
+            removed += 1
+            freed += int(size)
+        blocked = len(protected) if used - freed > self.max_bytes else 0
+        return EvictionReport(removed, freed, used - freed, self.max_bytes, blocked)
+
+
+def _metadata_from_json(text: str) -> StudyMetadata:
+    data = json.loads(text or "{}")
+    if "pixel_spacing" in data and data["pixel_spacing"] is not None:
+        data["pixel_spacing"] = tuple(data["pixel_spacing"])
+    known = set(StudyMetadata.__dataclass_fields__)
+    return StudyMetadata(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,117 @@
+"""The worklist in a real browser: it survives a reload and a server restart, users are apart, and a
+reviewer works through it with the keyboard.
+
+The server runs as a user starts it, on a worklist store in a temporary folder; it is stopped by its
+PID and started again on the same store to show what a restart keeps.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from browser_helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MODEL_TIMEOUT_MS, RERUN_TIMEOUT_MS, screenshot,
+                             start_server, stop_server, wait_idle)
+from helpers import DICOMS, NORMAL, PNEUMONIA
+from test_browser import counts, go_to_triage, open_home, upload, worklist
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make browser)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def new_page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.set_default_timeout(RERUN_TIMEOUT_MS)
+    return context.new_page()
+
+
+def token_of(page) -> str:
+    return parse_qs(urlparse(page.url).query)["w"][0]
+
+
+def review_column(page) -> dict[str, str]:
+    _, rows = worklist(page)
+    return {r["File"]: r["Review"] for r in rows}
+
+
+def test_reload_restart_two_users_and_keyboard_review(browser, tmp_path):
+    store_dir = tmp_path / "store"
+    server = start_server(ARTIFACTS / "streamlit_worklist.log", {"CXR_STORE_DIR": str(store_dir)})
+    try:
+        alice = new_page(browser)
+        open_home(alice, server)
+        go_to_triage(alice)
+        files = [NORMAL[0], PNEUMONIA[0], PNEUMONIA[1], DICOMS[1]]
+        upload(alice, files)
+        token = token_of(alice)
+        assert len(token) >= 20
+
+        alice.reload()                                               # a reload keeps the worklist
+        alice.get_by_role("heading", name="Triage", exact=True).wait_for(timeout=MODEL_TIMEOUT_MS)
+        wait_idle(alice, MODEL_TIMEOUT_MS)
+        assert counts(alice)[3] == len(files) and token_of(alice) == token
+
+        bob = new_page(browser)                                      # another user: his own, empty worklist
+        open_home(bob, server)
+        go_to_triage(bob)
+        bob.get_by_text("Upload files to build a worklist").wait_for()
+        assert token_of(bob) != token
+
+        # Review with the keyboard: set the reviewer, open the top study with one click on its row,
+        # then A (agree) records and moves on to the next unreviewed flagged study.
+        name_box = alice.get_by_label("Reviewer name (recorded with your decisions)")
+        name_box.fill("Dr A. Reader")
+        name_box.press("Enter")
+        wait_idle(alice)
+        slider = alice.get_by_role("slider", name="Threshold (flag when probability ≥ threshold)")
+        slider.focus()
+        slider.press("Home")                                         # threshold 0: every study flagged
+        wait_idle(alice)
+        alice.get_by_role("combobox", name="Open a study in Review (or select a row above)").wait_for()
+        alice.get_by_role("button", name="Open in Review").click()
+        alice.wait_for_url("**/review?*")
+        alice.get_by_role("button", name="Agree Shortcut A").wait_for(timeout=MODEL_TIMEOUT_MS)
+        wait_idle(alice, MODEL_TIMEOUT_MS)
+        first = alice.get_by_role("combobox", name="Study").input_value()
+        alice.evaluate("document.activeElement && document.activeElement.blur()")   # out of any input
+        alice.keyboard.press("a")
+        wait_idle(alice, MODEL_TIMEOUT_MS)
+        alice.get_by_text("Recorded: agree").wait_for()
+        second = alice.get_by_role("combobox", name="Study").input_value()
+        assert second != first, "recording did not move on to the next study"
+        alice.keyboard.press("d")
+        wait_idle(alice, MODEL_TIMEOUT_MS)
+        alice.get_by_text("Recorded: disagree").wait_for()
+        screenshot(alice, "worklist_01_review_1440x900.png")
+        for button in ("Agree Shortcut A", "Disagree Shortcut D"):                         # the decision is in view at 1440x900
+            box = alice.get_by_role("button", name=button).bounding_box()
+            assert box and box["y"] + box["height"] <= 900, (button, box)
+    finally:
+        stop_server(server)
+
+    server = start_server(ARTIFACTS / "streamlit_worklist_restart.log", {"CXR_STORE_DIR": str(store_dir)})
+    try:
+        again = new_page(browser)
+        again.goto(f"{server.url}/triage?w={token}")                 # the same link, after a restart
+        again.get_by_role("heading", name="Triage", exact=True).wait_for(timeout=MODEL_TIMEOUT_MS)
+        wait_idle(again, MODEL_TIMEOUT_MS)
+        assert counts(again)[3] == len(files)
+        reviews = review_column(again)
+        assert sorted(reviews.values()) == ["agreed", "disagreed", "unreviewed", "unreviewed"], reviews
+        screenshot(again, "worklist_02_after_restart.png")
+    finally:
+        stop_server(server)
