@@ -17,11 +17,10 @@ import pandas as pd
 from engine import limits
 from engine.errors import ImageReadError
 from engine.image import PatientIdentifiers, StudyMetadata
-from engine.predictor import Prediction, Predictor
+from engine.ingest import cached_item, ingest, result_from_prediction, score_files  # noqa: F401 (re-exported)
+from engine.predictor import Predictor
 from engine.sources import InputItem, error_item, is_zip_bytes, iter_zip
-from engine.store import Result, Store, StoreError, StudyRow, Worklist
-
-from dashboard.imaging import thumbnail_data_uri
+from engine.store import Store, StudyRow, Worklist
 
 MB = limits.MB
 MAX_FILE_BYTES = limits.MAX_FILE_BYTES      # one image (or one ZIP member): the engine's limit
@@ -82,16 +81,6 @@ def refused(name: str, reason: str, sha256: str = "") -> StudyRecord:
     return StudyRecord(name=name, sha256=sha256, status="refused", message=f"{name}: {reason}")
 
 
-def cached_item(store: Store, name: str, sha256: str) -> InputItem:
-    """An input whose bytes come from the store's file cache."""
-    def read() -> bytes:
-        try:
-            return store.read_file(sha256)
-        except StoreError as exc:
-            raise ImageReadError(name, str(exc)) from None
-    return InputItem(name, read)
-
-
 # ------------------------------------------------------------------------------------------------
 # Uploads into the store
 
@@ -109,40 +98,6 @@ def _upload_items(up: Upload) -> list[InputItem]:
     return [InputItem(up.name, lambda data=data: data)]
 
 
-def ingest(store: Store, worklist: Optional[Worklist], items: Iterable[InputItem], *, source: str = "upload",
-           max_files: int = MAX_FILES) -> int:
-    """Add each input as a study of ``worklist`` (None: the shared inbox), its bytes to the file cache.
-
-    Each input is read once and hashed once; a file already listed under the same name is not added
-    twice; inputs beyond ``max_files`` studies and unreadable inputs are rows with the reason.
-    Returns the number of rows added.
-    """
-    count = store.count_studies(worklist) if worklist is not None else 0
-    added = 0
-    for item in items:
-        if worklist is not None and count >= max_files:
-            store.add_study(worklist, item.name, source=source,
-                            read_error=f"{item.name}: over the {max_files:,}-study limit for one worklist "
-                                       "(clear the worklist to start a new batch)")
-            added += 1
-            continue
-        try:
-            data = item.read()
-        except ImageReadError as exc:
-            store.add_study(worklist, item.name, source=source, read_error=str(exc))
-        except Exception as exc:      # never a traceback in place of the worklist
-            store.add_study(worklist, item.name, source=source,
-                            read_error=f"{item.name}: cannot be read ({type(exc).__name__})")
-        else:
-            sha = store.put_file(data)
-            if worklist is not None and store.has_study(worklist, item.name, sha):
-                continue
-            store.add_study(worklist, item.name, sha, source=source)
-        count += 1
-        added += 1
-    return added
-
-
 def ingest_uploads(store: Store, worklist: Worklist, uploads: Sequence[Upload], *,
                    max_files: int = MAX_FILES) -> int:
     """Every file of every upload (ZIPs expanded) into the worklist; see :func:`ingest`."""
@@ -151,31 +106,6 @@ def ingest_uploads(store: Store, worklist: Worklist, uploads: Sequence[Upload], 
 
 # ------------------------------------------------------------------------------------------------
 # Scoring
-
-def result_from_prediction(p: Prediction) -> Result:
-    """A result to keep: the refusal's reason without the file name (another user may upload the
-    same bytes under another name; names stay with the study rows)."""
-    if not p.ok:
-        prefix = f"{p.name}: "
-        return Result("error", None, p.message[len(prefix):] if p.message.startswith(prefix) else p.message)
-    return Result("ok", float(p.probability), "", tuple(p.warnings), p.metadata)
-
-
-def score_files(store: Store, files: dict[str, str], predictor: Predictor, model_key: str, *,
-                progress: Optional[Progress] = None, batch_size: int = 16) -> int:
-    """Score files (sha256 -> a name for messages) that have no result for this model; keep the results."""
-    todo = {sha: name for sha, name in files.items() if sha and store.result(sha, model_key) is None}
-    if not todo:
-        return 0
-    shas = list(todo)
-    stream = predictor.predict_stream((cached_item(store, todo[s], s) for s in shas), batch_size=batch_size,
-                                      keep_images=True, progress=progress, total=len(shas))
-    for sha, pred in zip(shas, stream):
-        thumb = thumbnail_data_uri(pred.image.pixels) if pred.ok and pred.image is not None else ""
-        store.put_result(sha, model_key, result_from_prediction(pred), thumbnail=thumb,
-                         identifiers=pred.identifiers if pred.ok else None)
-    return len(shas)
-
 
 def score_worklist(store: Store, worklist: Worklist, predictor: Predictor, model_key: str, *,
                    progress: Optional[Progress] = None) -> int:

@@ -15,10 +15,10 @@ from typing import Optional
 import numpy as np
 import streamlit as st
 
-from engine.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, load_val_predictions_path
+from engine.checkpoint import DEFAULT_MODEL_DIR, load_val_predictions_path
 from engine.decode.pool import default_pool
-from engine.errors import CheckpointError
 from engine.image import DecodedImage
+from engine.ingest import checkpoint_fingerprint
 from engine.store import Store, default_root
 from engine.sources import InputItem
 
@@ -49,18 +49,7 @@ class ModelRef:
 
 def model_ref(folder: Optional[str] = None) -> ModelRef:
     """Resolve a checkpoint folder (default: the shipped model) without loading it."""
-    path = Path(folder).expanduser() if folder else Path(DEFAULT_MODEL_DIR)
-    path = path.resolve()
-    if not path.is_dir():
-        raise CheckpointError(f"Checkpoint folder '{path}' does not exist")
-    parts = []
-    for name in (CARD_FILE, WEIGHTS_FILE):
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"'{path}' has no {name}: not a checkpoint folder")
-        st_ = f.stat()
-        parts.append(f"{st_.st_size:x}-{st_.st_mtime_ns:x}")
-    return ModelRef(str(path), ".".join(parts))
+    return ModelRef(*checkpoint_fingerprint(folder))
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")

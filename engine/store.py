@@ -271,11 +271,14 @@ class Store:
                               (worklist.id if worklist else None, name, sha256, source, read_error, _now()))
         return int(cur.lastrowid)
 
-    def has_study(self, worklist: Worklist, name: str, sha256: str) -> bool:
-        """Whether the worklist already lists this file under this name (an upload repeated)."""
+    def has_study(self, worklist: Optional[Worklist], name: str, sha256: str) -> bool:
+        """Whether the worklist (None: the shared inbox) already lists this file under this name
+        (an upload repeated, an image sent twice)."""
+        where = "worklist_id = ?" if worklist is not None else "worklist_id IS NULL"
+        args = (worklist.id,) if worklist is not None else ()
         with closing(self._connect()) as con:
-            return con.execute("SELECT 1 FROM studies WHERE worklist_id = ? AND name = ? AND sha256 = ? LIMIT 1",
-                               (worklist.id, name, sha256)).fetchone() is not None
+            return con.execute(f"SELECT 1 FROM studies WHERE {where} AND name = ? AND sha256 = ? LIMIT 1",
+                               (*args, name, sha256)).fetchone() is not None
 
     def count_studies(self, worklist: Worklist) -> int:
         with closing(self._connect()) as con:
