@@ -65,6 +65,23 @@ def safe_png_name(name: str, used: set[str]) -> str:
     return candidate
 
 
+def prediction_row(pred, threshold: float, model_label: str, *, label: Optional[str] = None,
+                   include_identifiers: bool = False) -> dict:
+    """One CSV row (strings, as written) for a Prediction: the one writer of every results row."""
+    label = pred.name if label is None else label
+    message = pred.message.replace(pred.name, label) if label != pred.name else pred.message
+    flagged = pred.ok and pred.probability >= threshold
+    row = {"file": label, "status": pred.status, "message": message,
+           "probability": repr(pred.probability) if pred.ok else "",
+           "flagged": ("yes" if flagged else "no") if pred.ok else "",
+           "threshold": repr(float(threshold)), "model": model_label,
+           "warnings": " | ".join(pred.warnings), "modality": pred.metadata.modality or "",
+           "view_position": pred.metadata.view_position or "", "sha256": pred.sha256}
+    if include_identifiers:
+        row.update({k: getattr(pred.identifiers, k) or "" for k in IDENTIFIER_COLUMNS})
+    return row
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -111,15 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             flagged = pred.ok and pred.probability >= threshold
             counts["flagged"] += int(flagged)
             label = anonymous_name(pred.name) if args.anonymise_names else pred.name
-            message = pred.message.replace(pred.name, label) if args.anonymise_names else pred.message
-            row = {"file": label, "status": pred.status, "message": message,
-                   "probability": repr(pred.probability) if pred.ok else "",
-                   "flagged": ("yes" if flagged else "no") if pred.ok else "",
-                   "threshold": repr(float(threshold)), "model": model_label,
-                   "warnings": " | ".join(pred.warnings), "modality": pred.metadata.modality or "",
-                   "view_position": pred.metadata.view_position or "", "sha256": pred.sha256}
-            if args.include_identifiers:
-                row.update({k: getattr(pred.identifiers, k) or "" for k in IDENTIFIER_COLUMNS})
+            row = prediction_row(pred, threshold, model_label, label=label,
+                                 include_identifiers=args.include_identifiers)
             writer.writerow({k: csv_safe(v) for k, v in row.items()})
             if explainer is not None and pred.image is not None:
                 pending.append((label, pred))
