@@ -164,7 +164,10 @@ def _write_split(out: Path, train, val) -> None:
 def _finalise(model, card: ModelCard, out_dir: Path, val_samples, rule: str, half: bool) -> dict:
     """Save the checkpoint, then calibrate it on validation through the engine's predictor."""
     save_checkpoint(model, card, out_dir, half=half)
-    return calibrate_checkpoint(out_dir, [s.path for s in val_samples], [s.label for s in val_samples], rule)
+    summary = calibrate_checkpoint(out_dir, [s.path for s in val_samples], [s.label for s in val_samples], rule)
+    log.info("checkpoint %s written; decision threshold %.4f chosen on validation (%s)", out_dir,
+             summary["threshold"], rule)
+    return summary
 
 
 RESUME_MUST_MATCH = ("data_dir", "arch", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
@@ -303,15 +306,25 @@ def main(args: argparse.Namespace) -> Path:
                                 progress=lambda n, l: (bar.update(n), bar.set_postfix(loss=f"{l:.3f}")))
         bar.close()
         train_seconds += stats["train_seconds"]
-        logits = predict_logits(eval_model, val_x, prep, policy)
-        val_loss = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(val_y)).item())
-        prob = torch.softmax(logits, 1)[:, 1].numpy()
-        auc = metrics.roc_auc(val_y, prob)
-        at_half = metrics.confusion_at(val_y, prob, 0.5)
+        # Validation, the early-stopping decision and the checkpoint happen once, on rank 0; the other
+        # ranks (other machines, other CPUs whose last bits may differ) take rank 0's figures, so
+        # every rank makes the same decision and stops at the same epoch.
+        if rank == 0:
+            logits = predict_logits(eval_model, val_x, prep, policy)
+            val_loss = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(val_y)).item())
+            prob = torch.softmax(logits, 1)[:, 1].numpy()
+            auc = metrics.roc_auc(val_y, prob)
+            at_half = metrics.confusion_at(val_y, prob, 0.5)
+            figures = [auc, val_loss, at_half.sensitivity, at_half.specificity]
+        else:
+            figures = [None] * 4   # the same length on every rank
+        if world > 1:
+            dist.broadcast_object_list(figures, src=0)
+        auc, val_loss, sens_half, spec_half = figures
         if args.scheduler == "plateau":
             scheduler.step(auc)
         row = {"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_auc": auc,
-               "val_sensitivity@0.5": at_half.sensitivity, "val_specificity@0.5": at_half.specificity,
+               "val_sensitivity@0.5": sens_half, "val_specificity@0.5": spec_half,
                "lr": optimizer.param_groups[0]["lr"]}
         history.append(row)
         improved = best["epoch"] < 0 or auc > best["auc"] + 1e-4 or (abs(auc - best["auc"]) <= 1e-4 and val_loss < best["loss"])
@@ -321,8 +334,8 @@ def main(args: argparse.Namespace) -> Path:
             stale += 1
         if rank == 0:
             log.info("epoch %d: loss %.4f, val loss %.4f, val AUC %.4f, sens %.3f / spec %.3f @0.5, %.1f img/s",
-                     epoch + 1, stats["train_loss"], val_loss, auc, at_half.sensitivity,
-                     at_half.specificity, stats["train_images_per_s"])
+                     epoch + 1, stats["train_loss"], val_loss, auc, sens_half, spec_half,
+                     stats["train_images_per_s"])
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             for k, v in row.items():
