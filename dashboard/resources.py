@@ -20,6 +20,9 @@ from engine.decode.pool import default_pool
 from engine.image import DecodedImage
 from engine.ingest import checkpoint_fingerprint
 from engine.store import Store, default_root
+
+from dashboard.batch import load_batch
+from dashboard.worklist import build_worklist
 from engine.sources import InputItem
 
 from dashboard.evaluation import (EvaluationFolder, LabelledSet, labelled_set_from_csv, load_evaluation_folder,
@@ -81,6 +84,19 @@ def _open_store(root: str) -> Store:
 def store() -> Store:
     """The worklist store at ``$CXR_STORE_DIR`` (read at each call; one object per folder)."""
     return _open_store(str(default_root()))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _batch(root: str, worklist_id: int, model_key: str, version: tuple, _store: Store, _worklist):
+    return load_batch(_store, _worklist, model_key, build_worklist)
+
+
+def worklist_batch(wl, model_key: str):
+    """The worklist as stored, rebuilt only when the store says it changed (a threshold move reuses it).
+
+    Keyed by the worklist's id, so a session only ever gets its own worklist's object."""
+    s = store()
+    return _batch(str(s.root), wl.id, model_key, s.version(wl), s, wl)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -324,6 +324,17 @@ class Store:
                                 thumb or "", review, bool(on_disk)))
         return out
 
+    def version(self, worklist: Optional[Worklist]) -> tuple:
+        """Changes whenever what :meth:`studies` returns for this worklist could change (cheap to ask)."""
+        wid = worklist.id if worklist else -1
+        with closing(self._connect()) as con:
+            return tuple(con.execute("""
+                SELECT (SELECT COUNT(*) || ':' || COALESCE(MAX(id), 0) FROM studies
+                        WHERE worklist_id = ? OR worklist_id IS NULL),
+                       (SELECT COALESCE(MAX(id), 0) FROM decisions),
+                       (SELECT COUNT(*) FROM results),
+                       (SELECT COALESCE(SUM(on_disk), 0) FROM files)""", (wid,)).fetchone())
+
     # -------------------------------------------------------------------------------- results
 
     def result(self, sha256: str, model_key: str) -> Optional[Result]:

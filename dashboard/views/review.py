@@ -13,7 +13,6 @@ from engine.overlay import COLORMAPS
 from engine.store import StoreError
 
 from dashboard import imaging, resources, state, worklist
-from dashboard.batch import load_batch
 
 PICK = "review_pick"
 NOTE_KEY = "review_note"
@@ -118,7 +117,7 @@ def render() -> None:
     pred = resources.predictor(ref)
     thr = state.threshold()
     store = resources.store()
-    batch = load_batch(store, state.worklist(), ref.key, worklist.build_worklist)
+    batch = resources.worklist_batch(state.worklist(), ref.key)
     if batch is None or not batch.records:
         st.title("Review")
         st.info("No worklist yet: upload studies on the Triage page first.")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import resources, state, worklist
 from dashboard.batch import (MAX_ARCHIVE_BYTES, MAX_FILE_BYTES, MAX_FILES, Upload, fmt_mb, ingest_uploads,
-                             load_batch, score_worklist)
+                             score_worklist)
 
 REVIEW_PAGE = "views/review.py"
 
@@ -53,7 +53,7 @@ def render() -> None:
         st.warning(f"The worklist store is over its size limit ({fmt_mb(eviction.used_bytes)} of "
                    f"{fmt_mb(eviction.max_bytes)}): {eviction.blocked_by_unreviewed} flagged studies are not yet "
                    "reviewed, and their files are kept until they are. Review them, or raise CXR_STORE_MAX_MB.")
-    batch = load_batch(store, wl, ref.key, worklist.build_worklist)
+    batch = resources.worklist_batch(state.worklist(), ref.key)
     if batch is None:
         st.info("Upload files to build a worklist. Each file is scored once; moving the threshold "
                 "only re-flags. The worklist is kept (on this server) for this page's link.")
