@@ -6,6 +6,7 @@ Labels are 0 (normal) and 1 (pneumonia). Pure numpy; every function accepts arra
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -432,13 +433,72 @@ def _ratios(tn, fp, fn, tp) -> dict[str, np.ndarray]:
             "accuracy": _nan_div(tp + tn, tp + tn + fp + fn)}
 
 
+@functools.lru_cache(maxsize=64)
+def _log_factorials(n: int) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
+
+
+def _binom_tail_ge(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (exact, no SciPy)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lf = _log_factorials(n)
+    i = np.arange(k, n + 1)
+    terms = lf[n] - lf[i] - lf[n - i] + i * math.log(p) + (n - i) * math.log1p(-p)
+    top = terms.max()
+    return float(min(1.0, math.exp(top) * np.exp(terms - top).sum()))
+
+
+def _bisect(f: Callable[[float], float], lo: float = 0.0, hi: float = 1.0, iters: int = 60) -> float:
+    """The root of an increasing ``f`` on [lo, hi]."""
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial proportion; (nan, nan) with no trials.
+
+    Unlike a bootstrap, it does not collapse at 0 or n successes: 60 of 60 gives 0.940-1.000.
+    """
+    k, n = int(successes), int(trials)
+    if n <= 0:
+        return NAN, NAN
+    alpha = 1.0 - confidence
+    # lower: P(X >= k | p) = alpha/2; upper, by symmetry: 1 - (lower bound of n - k failures)
+    lower = 0.0 if k == 0 else _bisect(lambda p: _binom_tail_ge(k, n, p) - alpha / 2)
+    upper = 1.0 if k == n else 1.0 - _bisect(lambda q: _binom_tail_ge(n - k, n, q) - alpha / 2)
+    return float(lower), float(upper)
+
+
+_PROPORTIONS = {   # metric -> (successes, trials) from the confusion counts
+    "sensitivity": lambda c: (c.tp, c.tp + c.fn),
+    "specificity": lambda c: (c.tn, c.tn + c.fp),
+    "ppv": lambda c: (c.tp, c.tp + c.fp),
+    "npv": lambda c: (c.tn, c.tn + c.fn),
+    "accuracy": lambda c: (c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
+}
+
+
 def threshold_metrics_with_ci(labels, scores, threshold: float, n_resamples: int = 1000,
                               confidence: float = 0.95, seed: int = 0
                               ) -> dict[str, tuple[float, float, float]]:
     """``{metric: (value, low, high)}`` for sensitivity, specificity, ppv, npv, f1, accuracy.
 
-    Stratified bootstrap like ``bootstrap_ci`` (same seed, same resamples), with the confusion
-    counts of all resamples computed at once; fast enough for a dashboard slider.
+    Proportions (sensitivity, specificity, PPV, NPV, accuracy) get exact Clopper-Pearson intervals,
+    which hold at 0 or n events where a bootstrap collapses to a point; F1, not a proportion, gets a
+    stratified bootstrap like ``bootstrap_ci`` (same seed, same resamples), computed at once for all
+    resamples; fast enough for a dashboard slider.
     """
     y, s = _as_arrays(labels, scores)
     pos, neg, dp, dn = _stratified_indices(y, n_resamples, seed)
@@ -448,7 +508,14 @@ def threshold_metrics_with_ci(labels, scores, threshold: float, n_resamples: int
     boot = _ratios(neg.size - fp, fp, pos.size - tp, tp)
     lo, hi = _percentile_interval(np.stack([boot[k] for k in RATIO_NAMES], axis=1), confidence)
     point = confusion_at(y, s, threshold)
-    return {k: (getattr(point, k), float(lo[i]), float(hi[i])) for i, k in enumerate(RATIO_NAMES)}
+    out = {}
+    for i, k in enumerate(RATIO_NAMES):
+        if k in _PROPORTIONS:
+            succ, trials = _PROPORTIONS[k](point)
+            out[k] = (getattr(point, k), *clopper_pearson(succ, trials, confidence))
+        else:
+            out[k] = (getattr(point, k), float(lo[i]), float(hi[i]))
+    return out
 
 
 # --------------------------------------------------------------------------- report

@@ -232,23 +232,44 @@ def test_bootstrap_auc_fast_path_matches_generic_path():
     assert m.bootstrap_ci(y, s, m.roc_auc, 300, seed=4) == approx(generic)
 
 
-def test_threshold_metrics_with_ci_matches_bootstrap_ci():
+def test_threshold_metrics_with_ci_bootstraps_f1_and_gives_exact_intervals_for_proportions():
     y, s = _synthetic(300)
     out = m.threshold_metrics_with_ci(y, s, 0.5, n_resamples=300, seed=3)
     point = m.confusion_at(y, s, 0.5)
     for name in m.RATIO_NAMES:
         value, lo, hi = out[name]
         assert value == getattr(point, name) and lo <= value <= hi
-        def stat(a, b):
-            return getattr(m.confusion_at(a, b, 0.5), name)
-        ref = m.bootstrap_ci(y, s, stat, 300, seed=3)
-        assert (lo, hi) == approx(ref)
+    def f1(a, b):
+        return m.confusion_at(a, b, 0.5).f1
+    assert out["f1"][1:] == approx(m.bootstrap_ci(y, s, f1, 300, seed=3))
+    assert out["sensitivity"][1:] == approx(m.clopper_pearson(point.tp, point.tp + point.fn))
+    assert out["specificity"][1:] == approx(m.clopper_pearson(point.tn, point.tn + point.fp))
+
+
+def test_clopper_pearson_against_hand_worked_values():
+    # k = 0 or n: the bound is alpha/2 ** (1/n) away from the edge, (0.025)^(1/60) = 0.94037...
+    assert m.clopper_pearson(60, 60) == approx((0.025 ** (1 / 60), 1.0))
+    assert m.clopper_pearson(0, 60) == approx((0.0, 1 - 0.025 ** (1 / 60)))
+    assert m.clopper_pearson(1, 1) == approx((0.025, 1.0))
+    # 5 of 10: the published exact interval 0.187-0.813 (e.g. Newcombe 1998, table I)
+    assert m.clopper_pearson(5, 10) == pytest.approx((0.18709, 0.81291), abs=1e-5)
+    assert m.clopper_pearson(17, 20) == pytest.approx((0.62107, 0.96793), abs=1e-5)
+    assert all(math.isnan(v) for v in m.clopper_pearson(0, 0))
+
+
+def test_no_false_positive_in_60_normals_is_not_a_point_interval():
+    y = np.array([0] * 60 + [1] * 40)
+    s = np.array([0.1] * 60 + [0.9] * 40)
+    value, lo, hi = m.threshold_metrics_with_ci(y, s, 0.5)["specificity"]
+    assert (value, hi) == (1.0, 1.0) and lo == pytest.approx(0.940, abs=1e-3)   # bootstrap said 1.000-1.000
 
 
 def test_threshold_metrics_with_ci_is_nan_safe():
     y, s = _synthetic(1000)
     out = m.threshold_metrics_with_ci(y, s, 2.0)  # nothing flagged: ppv undefined everywhere
-    assert all(math.isnan(v) for v in out["ppv"]) and out["specificity"] == (1.0, 1.0, 1.0)
+    assert all(math.isnan(v) for v in out["ppv"])          # nothing flagged: PPV is undefined
+    value, lo, hi = out["specificity"]                      # every negative correctly unflagged
+    assert (value, hi) == (1.0, 1.0) and lo == m.clopper_pearson(int((y == 0).sum()), int((y == 0).sum()))[0]
 
 
 # ------------------------------------------------------------------ summary
