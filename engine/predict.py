@@ -1,7 +1,7 @@
 """Batch prediction from the command line.
 
     python -m engine.predict PATH [PATH ...] --out results.csv [--checkpoint DIR]
-                             [--threshold T] [--heatmaps DIR]
+                             [--threshold T] [--heatmaps DIR] [--dicom-out DIR]
 
 PATH: files, folders (recursive) or ZIP archives. One CSV row per input file; unreadable files
 (and unreadable folders, and ZIP members that cannot be read) get ``status=error`` and a message, and
@@ -40,6 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_MODEL_DIR), help="checkpoint folder (default: the shipped model)")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
     p.add_argument("--heatmaps", help="folder for one PNG per readable file: original | Grad-CAM overlay")
+    p.add_argument("--dicom-out", help="folder for a DICOM structured report and heatmap capture per scored DICOM "
+                                       "file, in its study (engine/dicom_out.py)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8"], default=None,
                    help="inference backend (default: $CXR_BACKEND or auto, the fastest measured on this CPU; "
@@ -120,10 +122,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        stream = predictor.predict_stream(items, batch_size=args.batch_size, keep_images=heat_dir is not None,
+        dicom_out = _dicom_out(args, predictor, threshold)
+        sources = iter(items)
+        stream = predictor.predict_stream(items, batch_size=args.batch_size,
+                                          keep_images=heat_dir is not None or dicom_out is not None,
                                           progress=lambda done, total: bar.update(done - bar.n), total=len(items))
         pending = []
         for pred in stream:
+            if dicom_out is not None:
+                dicom_out.add(next(sources), pred)
             counts[pred.status] += 1
             flagged = pred.ok and pred.probability >= threshold
             counts["flagged"] += int(flagged)
@@ -140,7 +147,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bar.close()
     print(f"{counts['ok'] + counts['error']} files: {counts['ok']} read ({counts['flagged']} flagged at "
           f"threshold {threshold:.3f}), {counts['error']} refused. Results: {out}", file=sys.stderr)
+    if dicom_out is not None:
+        print(dicom_out.summary(), file=sys.stderr)
     return 0
+
+
+def _dicom_out(args, predictor, threshold: float):
+    """``--dicom-out``: the SR and heatmap capture writer (None without the option)."""
+    if not args.dicom_out:
+        return None
+    from engine.dicom_out import DicomOutFolder
+    origin = "--threshold on the command line" if args.threshold is not None else None
+    return DicomOutFolder(args.dicom_out, predictor, threshold if args.threshold is not None else None, origin)
 
 
 def _write_heatmaps(explainer, predictor, pending: list, folder: Path, used: set[str]) -> None:
