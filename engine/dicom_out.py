@@ -343,3 +343,40 @@ class ResultWriter:
             return []
         finding = self.finding(prediction.probability, prediction.warnings, review)
         return result_objects(source, finding, self.picture(prediction))
+
+
+class DicomOutFolder:
+    """``engine.predict --dicom-out DIR``: the SR and heatmap capture of each scored DICOM input,
+    written as ``sr-<SOP Instance UID>.dcm`` and ``sc-<...>.dcm`` (no input name, no identifier in a
+    file name). Inputs that are not DICOM, or were refused, get nothing (counted)."""
+
+    def __init__(self, folder, predictor, threshold: Optional[float] = None,
+                 threshold_origin: Optional[str] = None) -> None:
+        from pathlib import Path
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.writer = ResultWriter(predictor, threshold, threshold_origin)
+        self.written = self.not_dicom = self.failed = 0
+
+    def add(self, item, prediction) -> None:
+        if not prediction.ok:
+            return
+        try:
+            objects = self.writer.objects(item.read(), prediction)
+        except NotDicomError:
+            self.not_dicom += 1
+            return
+        except Exception:
+            self.failed += 1
+            return
+        for ds in objects:
+            ds.save_as(self.folder / file_name(ds), enforce_file_format=True)
+            self.written += 1
+
+    def summary(self) -> str:
+        text = f"{self.written} DICOM result object(s) in {self.folder}"
+        if self.not_dicom:
+            text += f"; {self.not_dicom} input(s) not DICOM (no study to file results into)"
+        if self.failed:
+            text += f"; {self.failed} could not be written"
+        return text
