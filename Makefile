@@ -8,7 +8,7 @@ PORT   ?= 8501
 ADDRESS ?= 127.0.0.1
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-test browser bench clean
+.PHONY: run test install install-test browser pacs bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,19 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	touch $@
 
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test browser
+install-test: $(VENV)/.installed-test browser pacs
 
 # Debian's Chromium for the real-browser tests (Playwright must never download its own browser).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && \
 	  $(SUDO) apt-get install -y --no-install-recommends chromium fonts-liberation; }
+
+# Debian's Orthanc with its DICOMweb plugin (a real PACS for tests/test_pacs.py) and dicom3tools
+# (dciodvfy checks the written SR and capture).
+pacs:
+	@{ [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && \
+	   command -v dciodvfy >/dev/null 2>&1; } || { $(SUDO) apt-get update && \
+	  $(SUDO) apt-get install -y --no-install-recommends orthanc orthanc-dicomweb dicom3tools; }
 
 run: install
 	$(PY) -m streamlit run dashboard/Home.py --server.port $(PORT) --server.address $(ADDRESS)
