@@ -29,6 +29,7 @@ class StudyMetadata:
     number_of_frames: Optional[int] = None  # DICOM multi-frame: only the first frame is read
     sop_class: Optional[str] = None         # e.g. "Digital X-Ray Image Storage - For Presentation"
     decoder: Optional[str] = None           # pydicom pixel-data plugin used: "pylibjpeg", "gdcm", ...
+    age_band: Optional[str] = None          # engine.population.AGE_BANDS, never the exact age
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and v != ""}

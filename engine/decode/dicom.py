@@ -35,6 +35,7 @@ from engine.decode import native
 from engine.decode.integrity import check_jpeg_dct, flat_tail_warning
 from engine.decode.sniff import check_declared_size, j2k_declared_size, parse_jpeg_header
 from engine.decode.vocabulary import defined_term
+from engine.population import age_band, age_in_years, header_warnings
 from engine.errors import (CorruptImageError, ImageReadError, ImageTooLargeError, MissingPixelDataError,
                            UnsupportedFormatError)
 from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
@@ -147,7 +148,9 @@ def _decode(ds: Dataset, name: str, identifiers: PatientIdentifiers) -> DecodedI
     if arr.shape[0] * (arr.shape[1] if arr.ndim > 1 else 1) > limits.MAX_PIXELS:
         raise ImageTooLargeError(name, f"the decoded frame is {arr.shape} pixels, over the "
                                        f"{limits.MAX_PIXELS // 1_000_000}-megapixel limit")
-    warnings = _content_warnings(ds)
+    band = age_band(age_in_years(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"), _text(ds, "StudyDate")))
+    view = defined_term("ViewPosition", _text(ds, "ViewPosition"))
+    warnings = _content_warnings(ds) + header_warnings(band, view)
     if frames > 1:
         warnings.append(f"multi-frame DICOM ({frames} frames): only the first frame was read")
     pixels = _to_gray(arr, ds, decoded_photometric or photometric, name, warnings)
@@ -160,7 +163,8 @@ def _decode(ds: Dataset, name: str, identifiers: PatientIdentifiers) -> DecodedI
         format="dicom",
         modality=defined_term("Modality", _text(ds, "Modality")),
         body_part=defined_term("BodyPartExamined", _text(ds, "BodyPartExamined")),
-        view_position=defined_term("ViewPosition", _text(ds, "ViewPosition")),
+        view_position=view,
+        age_band=band,
         study_date=_text(ds, "StudyDate"),
         manufacturer=_text(ds, "Manufacturer"),
         pixel_spacing=_pixel_spacing(ds),
