@@ -1,0 +1,35 @@
+"""The feature-space out-of-population score shipped with the model: fitted, stored, and telling."""
+
+import numpy as np
+import pytest
+
+from engine.checkpoint import load_checkpoint
+from engine.decode import read_image
+from engine.ood import FeatureOOD, fit
+from helpers import DICOMS, JPEGS, SHIPPED_MODEL
+from training.ood import features
+
+
+def test_fit_puts_the_target_share_of_validation_over_the_cutoff_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    train, val = rng.normal(size=(2000, 8)), rng.normal(size=(1000, 8))
+    ood = fit(train, val, target_rate=0.05)
+    assert ood.validation_rate == pytest.approx(0.05, abs=0.002)
+    far = rng.normal(loc=6.0, size=(100, 8))
+    assert np.mean(ood.distances(far) > ood.cutoff) == 1.0
+    ood.save(tmp_path)
+    again = FeatureOOD.load(tmp_path)
+    assert again.cutoff == pytest.approx(ood.cutoff) and np.allclose(again.distances(far), ood.distances(far), rtol=1e-4)
+    assert FeatureOOD.load(tmp_path / "nowhere") is None
+
+
+def test_the_shipped_score_warns_on_the_adult_dicoms_and_not_on_kermany_samples():
+    ood = FeatureOOD.load(SHIPPED_MODEL)
+    assert ood is not None and ood.validation_rate == pytest.approx(0.05, abs=0.01)
+    model, card = load_checkpoint(SHIPPED_MODEL)
+    adult = ood.distances(features(model, card.preprocessing, [read_image(p).pixels for p in DICOMS]))
+    kermany = ood.distances(features(model, card.preprocessing, [read_image(p).pixels for p in JPEGS]))
+    assert (adult > ood.cutoff).all(), adult
+    assert (kermany > ood.cutoff).sum() <= 2, kermany          # ~5% of in-population images warn by design
+    assert "outside the training population" in ood.warning(float(adult[0]))
+    assert ood.warning(float(kermany.min())) is None
