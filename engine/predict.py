@@ -39,6 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--checkpoint", default=str(DEFAULT_MODEL_DIR), help="checkpoint folder (default: the shipped model)")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
+    p.add_argument("--profile", metavar="NAME",
+                   help="a saved site profile's threshold (engine.site; the dashboard's Performance page saves them)")
     p.add_argument("--heatmaps", help="folder for one PNG per readable file: original | Grad-CAM overlay")
     p.add_argument("--dicom-out", help="folder for a DICOM structured report and heatmap capture per scored DICOM "
                                        "file, in its study (engine/dicom_out.py)")
@@ -92,6 +94,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size < 1:
         print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
         return 2
+    profile = None
+    if args.profile:
+        if args.threshold is not None:
+            print("error: give --threshold or --profile, not both", file=sys.stderr)
+            return 2
+        from engine.site import ProfileError, load_profile
+        try:
+            profile = load_profile(args.profile)
+        except ProfileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        args.threshold = profile.threshold
+        if not args.quiet:
+            print(f"site profile {profile.summary()}", file=sys.stderr)
     from engine.predictor import Predictor  # torch loads only after the arguments are checked
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, compile=args.compile, backend=args.backend)
@@ -157,7 +173,8 @@ def _dicom_out(args, predictor, threshold: float):
     if not args.dicom_out:
         return None
     from engine.dicom_out import DicomOutFolder
-    origin = "--threshold on the command line" if args.threshold is not None else None
+    origin = (f"site profile {args.profile}" if args.profile else
+              "--threshold on the command line" if args.threshold is not None else None)
     return DicomOutFolder(args.dicom_out, predictor, threshold if args.threshold is not None else None, origin)
 
 
