@@ -54,8 +54,6 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import highdicom as hd
 
-# highdicom warns about person names it finds odd, quoting them: a patient's name must never reach a log.
-warnings.filterwarnings("ignore", message=r".*person name.*", category=UserWarning, module=r"highdicom\..*")
 
 MANUFACTURER = "CXR Triage (open source)"
 DEVICE_NAME = "CXR Triage"
@@ -166,6 +164,20 @@ def _coding_scheme() -> Dataset:
     return item
 
 
+def _quiet(build):
+    """highdicom warns about person names it finds odd, quoting them: a patient's name must never reach
+    a log, so its warnings are silenced while it builds our objects."""
+    import functools
+
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return build(*args, **kwargs)
+    return wrapper
+
+
+@_quiet
 def structured_report(source: Dataset, finding: Finding) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR (TID 1500, see the module docstring) about ``source``, in its study."""
     model = f"{finding.model_name} {finding.model_version}".strip()
@@ -243,6 +255,7 @@ def labelled_picture(picture_rgb: np.ndarray, finding: Finding) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([band, picture_rgb.astype(np.uint8)], axis=0))
 
 
+@_quiet
 def heatmap_capture(source: Dataset, picture_rgb: np.ndarray, finding: Finding) -> hd.sc.SCImage:
     """A Secondary Capture of ``picture_rgb`` (original | overlay, RGB uint8), labelled, in the study."""
     model = f"{finding.model_name} {finding.model_version}".strip()
