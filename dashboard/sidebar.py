@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.paths import PathNotAllowed, confine
+from engine.site import list_profiles
 from engine.errors import CheckpointError
 
 from dashboard import resources, state
@@ -47,11 +48,13 @@ def _threshold_section(ref: resources.ModelRef) -> None:
     card = resources.predictor(ref).card
     st.subheader("Decision threshold")
     state.sync_threshold(ref.key, card.threshold)
-    presets = resources.presets(ref, card, state.saved_operating_points())
+    model_label = f"{card.name} {card.version}".strip()
+    sites = {p.name: p.threshold for p in list_profiles() if p.model == model_label}
+    presets = resources.presets(ref, card, sites)
     options = state.register_presets(presets)
     st.selectbox("Operating point", options, key=state.PRESET, on_change=state.apply_preset, persist_state="session",
                  help="The model card's threshold, points chosen on the model's validation "
-                      "predictions, and any you saved on the Performance page.")
+                      "predictions, and the site profiles saved (on the Performance page) for this model.")
     st.slider("Threshold (flag when probability ≥ threshold)", 0.0, 1.0, step=0.001, format="%.3f",
               key=state.THRESHOLD, on_change=state.mark_custom, persist_state="session",
               help="One threshold for every page. Moving it re-flags the worklist at once "

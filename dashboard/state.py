@@ -18,7 +18,6 @@ from engine import metrics as M
 
 THRESHOLD = "threshold"          # slider key
 PRESET = "preset"                # preset selectbox key
-SAVED = "saved_operating_points"  # {name: threshold}
 MODEL_REF = "model_ref"          # the ModelRef the sidebar resolved for this run
 REVIEW_SHA = "review_sha"        # the study open in Review
 WORKLIST = "worklist"            # the engine.store.Worklist this browser session works on
@@ -54,7 +53,7 @@ def build_presets(card_threshold: float, labels: Optional[np.ndarray], scores: O
                 continue
             out.append(Preset(op.name, float(min(max(op.threshold, 0.0), 1.0)), "validation"))
     for name, thr in (saved or {}).items():
-        out.append(Preset(f"Saved: {name}", float(thr), "saved"))
+        out.append(Preset(f"Site: {name}", float(thr), "site"))
     return out
 
 
@@ -103,21 +102,6 @@ def mark_custom() -> None:
 
 def threshold() -> float:
     return float(st.session_state[THRESHOLD])
-
-
-def saved_operating_points() -> dict[str, float]:
-    return st.session_state.setdefault(SAVED, {})
-
-
-def save_operating_point(name: str, value: float) -> str:
-    """Store the threshold under ``name`` (trimmed, non-empty); return the stored name."""
-    name = (name or "").strip()
-    if not name:
-        raise ValueError("give the operating point a name")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {value}")
-    saved_operating_points()[name[:60]] = float(value)
-    return name[:60]
 
 
 def open_worklist(store):

@@ -389,6 +389,18 @@ class Store:
         keys = ("time", "reviewer", "decision", "note", "probability", "threshold", "model")
         return [dict(zip(keys, r)) for r in rows]
 
+    def worklist_decisions(self, worklist: Worklist, model_key: Optional[str] = None) -> list[dict]:
+        """Every decision on the worklist's studies, oldest first: study id, file name, decision, and the
+        probability and threshold the reviewer saw (``model_key``: only decisions on that model's scores
+        would need re-scoring, so the recorded probability is used as it was)."""
+        with closing(self._connect()) as con:
+            rows = con.execute("SELECT d.study_id, s.name, d.decision, d.probability, d.threshold, d.model "
+                               "FROM decisions d JOIN studies s ON s.id = d.study_id "
+                               "WHERE s.worklist_id = ? OR s.worklist_id IS NULL ORDER BY d.id",
+                               (worklist.id,)).fetchall()
+        keys = ("study_id", "name", "decision", "probability", "threshold", "model")
+        return [dict(zip(keys, r)) for r in rows]
+
     def decisions_csv(self, worklist: Optional[Worklist]) -> str:
         """Decisions as CSV (one worklist's, or every worklist's with None): no patient identifier,
         the file by its content hash and base name, times in UTC, cells defused for spreadsheets."""

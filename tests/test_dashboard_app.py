@@ -22,6 +22,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine import metrics as M
+from engine.site import load_profile
 from engine.checkpoint import DEFAULT_MODEL_DIR, read_card
 from engine.decode import read_image
 from engine.explain import Explainer
@@ -89,6 +90,7 @@ def calls(monkeypatch) -> Calls:
 @pytest.fixture
 def app(tmp_path, monkeypatch, calls) -> AppTest:
     monkeypatch.setenv("CXR_STORE_DIR", str(tmp_path / "store"))   # each test starts with an empty store
+    monkeypatch.setenv("CXR_PROFILES_DIR", str(tmp_path / "profiles"))
     resources.heatmap.clear()
     at = AppTest.from_file(str(HOME), default_timeout=120).run()
     assert not at.exception, [e.message for e in at.exception]
@@ -355,6 +357,23 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     assert reviews[dicom_sha] == "disagreed" and (reviews.drop(dicom_sha) == "unreviewed").all()
 
 
+def test_reviewed_studies_become_a_labelled_set_for_a_site_profile(app):
+    upload_batch(app, BATCH[:4])
+    app.slider(key="threshold").set_value(0.0).run()               # every study flagged
+    app.switch_page("views/review.py").run()
+    for decision in ("agree", "disagree", "agree"):               # each moves on to the next flagged study
+        app.button(key=f"review_{decision}").click().run()
+        app.switch_page("views/review.py").run()
+    app.switch_page("views/performance.py").run()
+    app.radio(key="perf_source").set_value("Your reviewed studies").run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert any("your 3 reviewed studies: 3 studies (2 pneumonia, 1 normal)" in c.value for c in app.caption)
+    app.selectbox(key="site_target_kind").set_value("The current threshold").run()
+    app.text_input(key="site_name").input("from my reviews").run()
+    app.button(key="site_save").click().run()
+    assert any("unreliable: fitted on 2 pneumonia and 1 normal cases" in w.value for w in app.warning)
+
+
 def test_review_without_a_batch_says_what_to_do(app):
     app.switch_page("views/review.py").run()
     assert not app.exception
@@ -397,12 +416,19 @@ def test_performance_figures_and_metrics_match_the_engine(app):
     hist = json.loads(app.get("plotly_chart")[3].proto.spec)
     assert hist["layout"]["shapes"][0]["x0"] == pytest.approx(thr)
 
-    app.text_input(key="op_name").input("screening clinic")
-    app.button(key="op_save").click().run()
-    options = app.selectbox(key="preset").options
-    assert f"Saved: screening clinic — {thr:.3f}" in options
-    app.switch_page("views/triage.py").run()
-    assert f"Saved: screening clinic — {thr:.3f}" in app.selectbox(key="preset").options
+    # A site profile typed by the user: specificity at least 0.9 on the data shown, saved by name.
+    app.selectbox(key="site_target_kind").set_value("Specificity at least").run()
+    app.number_input(key="site_target").set_value(0.9).run()
+    app.text_input(key="site_name").input("screening clinic").run()
+    app.button(key="site_save").click().run()
+    assert not app.exception, [e.message for e in app.exception]
+    expected = M.choose_threshold(y, s, "specificity>=0.9").threshold
+    assert app.slider(key="threshold").value == pytest.approx(expected)      # the slider moved to it
+    profile = load_profile("screening clinic")                              # on disk: survives a restart
+    assert profile.threshold == pytest.approx(expected) and profile.n_normal == int((y == 0).sum())
+    assert any("sensitivity" in m.value and "specificity" in m.value for m in app.success)
+    fresh = AppTest.from_file(str(HOME), default_timeout=120).run()          # another session, later
+    assert f"Site: screening clinic — {expected:.3f}" in fresh.selectbox(key="preset").options
 
 
 def test_performance_csv_upload_checks_columns(app):

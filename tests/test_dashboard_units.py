@@ -257,7 +257,7 @@ def test_presets_are_the_engine_operating_points():
     assert presets[0].threshold == 0.42 and presets[0].origin == "card"
     for rule, p in zip(M.PRESET_RULES, presets[1:4]):
         assert p.threshold == pytest.approx(M.choose_threshold(y, s, rule).threshold)
-    assert presets[-1].name == "Saved: clinic" and presets[-1].threshold == 0.33
+    assert presets[-1].name == "Site: clinic" and presets[-1].threshold == 0.33
     only_positives = build_presets(0.5, np.ones(5, int), np.linspace(0.1, 0.9, 5))
     assert [p.name for p in only_positives] == ["Model card", "Sensitivity ≥ 0.95"]   # the others need negatives
 

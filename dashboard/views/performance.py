@@ -10,23 +10,81 @@ import streamlit as st
 
 from engine import metrics as M
 from engine.paths import PathNotAllowed, confine
+from engine.site import ProfileError, fit_profile, labels_from_decisions, list_profiles, save_profile
 from engine.sources import items_from_uploads, iter_inputs
 
 from dashboard import figures, resources, state
 from dashboard.batch import MAX_FILES, score_items
 from dashboard.evaluation import LabelledDataError, LabelledSet, labelled_set_from_records, metrics_table
 
-SOURCES = ("Model's validation predictions", "Predictions CSV", "Images in class folders")
+SOURCES = ("Model's validation predictions", "Predictions CSV", "Images in class folders",
+           "Your reviewed studies")
+TARGETS = {"Sensitivity at least": "sensitivity", "Specificity at least": "specificity",
+           "Youden's J (no target)": "youden", "The current threshold": "fixed"}
 MAX_EVAL_FILES = 10 * MAX_FILES
 SCORED = "perf_scored"       # {"signature": ..., "set": LabelledSet}
 
 
-def _save_point() -> None:
+def _rule(kind: str, target: float, threshold: float) -> str:
+    if kind == "youden":
+        return "youden"
+    if kind == "fixed":
+        return f"fixed:{threshold:.6f}"
+    return f"{kind}>={target:g}"
+
+
+def _fit_and_save(ls: LabelledSet, model_label: str, source: str) -> None:
+    """Button callback: fit a site profile on the data shown, save it, move the threshold to it."""
+    ss = st.session_state
+    kind = TARGETS[ss.get("site_target_kind", next(iter(TARGETS)))]
+    rule = _rule(kind, float(ss.get("site_target", 0.95)), state.threshold())
     try:
-        name = state.save_operating_point(st.session_state.get("op_name", ""), state.threshold())
-        st.session_state["_op_saved"] = f"Saved '{name}' at {state.threshold():.3f}: it is in the sidebar's list."
-    except ValueError as exc:
-        st.session_state["_op_saved"] = f"error: {exc}"
+        profile = fit_profile(ss.get("site_name", ""), ls.labels, ls.scores, rule, model=model_label,
+                              source=source)
+        save_profile(profile)
+    except ProfileError as exc:
+        ss["_site_msg"] = ("error", str(exc))
+        return
+    ss[state.THRESHOLD] = profile.threshold
+    ss[state.PRESET] = None
+    ss["_site_msg"] = ("success" if profile.reliable else "warning",
+                       f"Saved. {profile.summary()}. It is in the sidebar's list on every page, and "
+                       f"`engine.predict --profile '{profile.name}'` uses it.")
+
+
+def _site_profile_section(ls: LabelledSet, model_label: str, source: str) -> None:
+    st.subheader("Site profile: an operating point for this data")
+    st.caption("Fitted on the studies shown here, saved on the server by name (it survives restarts).")
+    a, b = st.columns([3, 2])
+    kind = a.selectbox("Rule", list(TARGETS), key="site_target_kind")
+    b.number_input("Target", 0.0, 1.0, 0.95, 0.01, key="site_target", format="%.2f",
+                   disabled=TARGETS[kind] in ("youden", "fixed"))
+    st.text_input("Profile name", key="site_name", placeholder="e.g. Clinic A, 2026 Q4", max_chars=60)
+    st.button("Fit and save the profile", key="site_save", on_click=_fit_and_save, args=(ls, model_label, source),
+              icon=":material/bookmark_add:")
+    msg = st.session_state.pop("_site_msg", None)
+    if msg:
+        getattr(st, msg[0])(msg[1])
+    profiles = list_profiles()
+    if profiles:
+        st.dataframe({"profile": [p.name for p in profiles], "threshold": [round(p.threshold, 4) for p in profiles],
+                      "rule": [p.rule for p in profiles], "model": [p.model for p in profiles],
+                      "cases (pneumonia/normal)": [f"{p.n_pneumonia}/{p.n_normal}" for p in profiles],
+                      "reliable": ["yes" if p.reliable else "no: too few cases" for p in profiles]},
+                     hide_index=True, key="site_profiles")
+
+
+def _reviewed_source() -> Optional[LabelledSet]:
+    st.caption("Studies you reviewed become labelled: agreeing with a flag (or disagreeing with no flag) "
+               "means pneumonia; disagreeing with a flag (or agreeing with no flag) means normal. "
+               "The probability is the one you saw; your latest decision per study counts.")
+    decisions = resources.store().worklist_decisions(state.worklist())
+    if not decisions:
+        st.info("No reviewed studies in your worklist yet: record decisions on the Review page.")
+        return None
+    labels, scores = labels_from_decisions(decisions)
+    names = {d["study_id"]: d["name"] for d in decisions}
+    return LabelledSet(f"your {len(labels)} reviewed studies", labels, scores, tuple(names.values()))
 
 
 def _folder_source(ref, pred) -> Optional[LabelledSet]:
@@ -74,6 +132,8 @@ def _labelled_set(ref, pred) -> Optional[LabelledSet]:
         if ls is None:
             st.info("This checkpoint has no val_predictions.csv: choose another source.")
         return ls
+    if source == SOURCES[3]:
+        return _reviewed_source()
     if source == SOURCES[1]:
         up = st.file_uploader("Predictions CSV: columns label (0/1 or normal/pneumonia) and probability",
                               type=["csv"], key="perf_csv")
@@ -113,7 +173,7 @@ def render() -> None:
     for col, row in zip(cols, table.itertuples()):
         interval = "—" if np.isnan(row.ci_low) else f"{row.ci_low:.3f}–{row.ci_high:.3f}"
         col.metric(row.metric, "—" if np.isnan(row.value) else f"{row.value:.3f}",
-                   help=f"95% bootstrap interval {interval}")
+                   help=f"95% interval {interval} (exact Clopper-Pearson for proportions, bootstrap for F1)")
         col.caption(f"95% CI {interval}")
     k = st.columns(4)
     for col, (label, v) in zip(k, (("True positives", conf.tp), ("False positives", conf.fp),
@@ -137,17 +197,13 @@ def render() -> None:
     g5, g6 = st.columns(2)
     g5.plotly_chart(figures.calibration_figure(bins, ece), key="fig_calibration")
     with g6:
-        st.subheader("Save this operating point")
-        st.caption("Saved points appear in the sidebar's operating-point list on every page "
-                   "(for this session).")
-        st.text_input("Name", key="op_name", placeholder="e.g. screening clinic", max_chars=60)
-        st.button("Save operating point", key="op_save", on_click=_save_point, icon=":material/bookmark_add:")
-        msg = st.session_state.pop("_op_saved", None)
-        if msg:
-            (st.error if msg.startswith("error:") else st.success)(msg.removeprefix("error: "))
-        saved = state.saved_operating_points()
-        if saved:
-            st.dataframe({"name": list(saved), "threshold": list(saved.values())}, hide_index=True)
+        _site_profile_section(ls, f"{card.name} {card.version}".strip(), _source_label(ls))
+
+
+def _source_label(ls: LabelledSet) -> str:
+    source = st.session_state.get("perf_source", SOURCES[0])
+    return {SOURCES[0]: "validation predictions", SOURCES[1]: "predictions CSV", SOURCES[2]: "labelled images",
+            SOURCES[3]: "review decisions"}.get(source, "labelled cases") + f" ({ls.name})"
 
 
 if __name__ == "__main__":
