@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,6 +80,35 @@ def _softmax_positive(logits: np.ndarray, temperature: float, positive: int) -> 
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e[:, positive] / e.sum(axis=1)
+
+
+class _LazyPolicy:
+    """The torch policy for Grad-CAM, made on first real use; ``label`` is known without torch."""
+
+    def __init__(self, inference: str) -> None:
+        self._inference = inference
+        self._real = None
+
+    @property
+    def label(self) -> str:
+        if self._real is not None:
+            return self._real.label
+        from engine.backends import cpu_info
+        bf16 = cpu_info().native_bf16 and os.environ.get("CXR_PRECISION", "").lower() != "float32"
+        return f"cpu, {self._inference} (Grad-CAM: torch {'bfloat16 autocast' if bf16 else 'float32'}, channels_last)"
+
+    def _policy(self) -> "DevicePolicy":
+        if self._real is None:
+            from dataclasses import replace
+
+            from engine.device import select_policy
+            self._real = replace(select_policy(), inference=self._inference)
+        return self._real
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._policy(), name)
 
 
 class Predictor:
@@ -168,13 +198,14 @@ class Predictor:
 
     @property
     def policy(self) -> "DevicePolicy":
-        """The torch device policy (for Grad-CAM); its label also names the inference backend."""
+        """The torch device policy (for Grad-CAM); its label also names the inference backend.
+
+        On another backend this is a stand-in whose ``label`` needs no torch (the dashboard's
+        sidebar shows it at start-up); anything else it is asked for builds the real policy.
+        """
         with self._lock:
             if self._policy is None:
-                from dataclasses import replace
-
-                from engine.device import select_policy
-                self._policy = replace(select_policy(), inference=self.runner.label)
+                self._policy = _LazyPolicy(self.runner.label)
             return self._policy
 
     @property
