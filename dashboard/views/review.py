@@ -12,7 +12,7 @@ from engine.explain import METHODS
 from engine.overlay import COLORMAPS
 from engine.store import StoreError
 
-from dashboard import imaging, resources, state, worklist
+from dashboard import imaging, pacs_panel, resources, state, worklist
 
 PICK = "review_pick"
 NOTE_KEY = "review_note"
@@ -198,6 +198,8 @@ def render() -> None:
         for w in rec.warnings:
             st.warning(w, icon=":material/warning:")
         _review_form(rec, f"{pred.card.name} {pred.card.version}".strip(), thr, queue)
+        pacs_panel.send_to_pacs(store, rec, pred, resources.explainer(ref), thr,
+                                str(st.session_state.get(state.PRESET) or ""))
     with st.expander("Heatmap alone and the study header", expanded=False):
         h1, h2 = st.columns(2)
         h1.image(alone, caption=f"{METHOD_NAMES.get(method, method)} heatmap alone "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import resources, state, worklist
+from dashboard import pacs_panel, resources, state, worklist
 from dashboard.batch import (MAX_ARCHIVE_BYTES, MAX_FILE_BYTES, MAX_FILES, Upload, fmt_mb, ingest_uploads,
                              score_worklist)
 
@@ -36,6 +36,7 @@ def render() -> None:
              f"{fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP. The content decides the format, not the extension. "
              "Files go to the worklist store and the uploader empties.")
 
+    pacs_panel.pacs_source(store)
     bar = st.empty()
 
     def progress(done: int, total) -> None:
@@ -53,6 +54,7 @@ def render() -> None:
         st.warning(f"The worklist store is over its size limit ({fmt_mb(eviction.used_bytes)} of "
                    f"{fmt_mb(eviction.max_bytes)}): {eviction.blocked_by_unreviewed} flagged studies are not yet "
                    "reviewed, and their files are kept until they are. Review them, or raise CXR_STORE_MAX_MB.")
+    pacs_panel.inbox_watch(store, wl)
     batch = resources.worklist_batch(state.worklist(), ref.key)
     if batch is None:
         st.info("Upload files to build a worklist. Each file is scored once; moving the threshold "

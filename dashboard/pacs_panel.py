@@ -1,0 +1,144 @@
+"""The dashboard's PACS pieces: a DICOMweb source on Triage, new inbox studies without a manual
+refresh, and "send to PACS" on Review for a reviewed study. The logic is :mod:`engine.pacs`.
+
+Configured by the deployment, never typed by a user (the server would fetch from any address typed):
+
+* ``CXR_DICOMWEB_URL``: the DICOMweb root the PACS source queries and pulls from.
+* ``CXR_PACS_DESTINATION``: where "send to PACS" sends (``AET@HOST:PORT`` for C-STORE, or an
+  ``http(s)://`` DICOMweb root for STOW-RS); ``CXR_PACS_AET``: our AE title for C-STORE (TRIAGE).
+* ``CXR_INBOX_POLL_S``: how often Triage looks for studies the receiver added (5 s; 0 turns it off).
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pandas as pd
+import streamlit as st
+
+DICOMWEB_URL_ENV = "CXR_DICOMWEB_URL"
+DESTINATION_ENV = "CXR_PACS_DESTINATION"
+AET_ENV = "CXR_PACS_AET"
+POLL_ENV = "CXR_INBOX_POLL_S"
+_VERSION = "_inbox_seen_version"
+_HITS = "_pacs_hits"
+_MODALITIES = {"CR and DX": ("CR", "DX"), "CR": ("CR",), "DX": ("DX",)}
+
+
+# ------------------------------------------------------------------------------------------------
+# New inbox studies appear by themselves
+
+def inbox_watch(store, wl) -> None:
+    """Rerun the page when the store changes under it (the receiver or a pull added studies)."""
+    try:
+        every = float(os.environ.get(POLL_ENV, "") or 5)
+    except ValueError:
+        every = 5.0
+    st.session_state[_VERSION] = store.version(wl)
+    if every <= 0:
+        return
+
+    @st.fragment(run_every=every)
+    def _watch() -> None:
+        now = store.version(wl)
+        if now != st.session_state.get(_VERSION):
+            st.session_state[_VERSION] = now
+            st.rerun(scope="app")
+    _watch()
+
+
+# ------------------------------------------------------------------------------------------------
+# The PACS source beside upload
+
+def _date(d) -> str:
+    return d.strftime("%Y%m%d") if d else ""
+
+
+def pacs_source(store) -> int:
+    """Query the configured DICOMweb server and pull studies into the inbox; returns images added."""
+    from engine import pacs
+    url = os.environ.get(DICOMWEB_URL_ENV, "").strip()
+    with st.expander("PACS (DICOMweb)", icon=":material/cloud_download:", expanded=False):
+        if not url:
+            st.caption(f"Not configured. Set {DICOMWEB_URL_ENV}=http://pacs:8042/dicom-web when starting the "
+                       "dashboard; radiographs sent to `python -m engine.receive` appear in every worklist "
+                       "without it.")
+            return 0
+        st.caption(f"Query {url} (QIDO-RS) and pull radiographs (WADO-RS) into the shared inbox, which every "
+                   "worklist lists.")
+        c1, c2, c3, c4 = st.columns(4)
+        date_from = c1.date_input("Study date from", value=None, key="pacs_from")
+        date_to = c2.date_input("to", value=None, key="pacs_to")
+        modality = c3.selectbox("Modality", list(_MODALITIES), key="pacs_modality")
+        accession = c4.text_input("Accession number", key="pacs_accession", max_chars=16)
+        if st.button("Search the PACS", key="pacs_search", icon=":material/search:"):
+            try:
+                hits: dict[str, object] = {}
+                for m in _MODALITIES[modality]:
+                    for h in pacs.query(url, date_from=_date(date_from), date_to=_date(date_to), modality=m,
+                                        accession=accession.strip()):
+                        hits.setdefault(h.study_uid, h)
+                st.session_state[_HITS] = list(hits.values())
+            except pacs.PacsError as exc:
+                st.session_state.pop(_HITS, None)
+                st.error(str(exc))
+        hits = st.session_state.get(_HITS) or []
+        if not hits:
+            if _HITS in st.session_state:
+                st.info("No study matches.")
+            return 0
+        st.dataframe(pd.DataFrame([{"study date": h.date, "modalities": h.modalities, "images": h.instances}
+                                   for h in hits]), hide_index=True, key="pacs_hits_table")
+        if st.button(f"Pull {len(hits)} stud{'y' if len(hits) == 1 else 'ies'} into the inbox", key="pacs_pull",
+                     type="primary", icon=":material/download:"):
+            added = 0
+            try:
+                with st.spinner("Retrieving from the PACS…"):
+                    for h in hits:
+                        added += len(pacs.pull(url, store, modalities=_MODALITIES[modality], study_uid=h.study_uid))
+            except pacs.PacsError as exc:
+                st.error(str(exc))
+            st.session_state.pop(_HITS, None)
+            st.success(f"{added} image(s) retrieved into the inbox; they are scored below.")
+            return added
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Send to PACS from Review
+
+def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "") -> None:
+    """A button that sends the reviewed study's SR (with the decision) and heatmap capture."""
+    from engine import pacs
+    from engine.dicom_out import NotDicomError, ResultWriter
+    dest_text = os.environ.get(DESTINATION_ENV, "").strip()
+    if not dest_text:
+        st.caption(f"Send to PACS: not configured ({DESTINATION_ENV}=AET@HOST:PORT or a DICOMweb URL).")
+        return
+    try:
+        dest = pacs.parse_destination(dest_text)
+    except ValueError as exc:
+        st.caption(f"Send to PACS: {DESTINATION_ENV} is wrong: {exc}")
+        return
+    reviewed = bool(store.decisions(rec.study_id))
+    if not st.button("Send report and heatmap to PACS", key="send_pacs", icon=":material/send:",
+                     disabled=not reviewed,
+                     help=f"A structured report (with your decision) and the heatmap capture, into the study in "
+                          f"{dest}." if reviewed else "Record your decision first."):
+        return
+    origin = f"the dashboard's threshold ({preset})" if preset else "the dashboard's threshold"
+    writer = ResultWriter(predictor, thr, origin, explainer=explainer)
+    row = SimpleNamespace(id=rec.study_id, sha256=rec.sha256, name=rec.name)
+    try:
+        with st.spinner("Sending…"):
+            n = pacs.send_study_results(store, row, writer, dest,
+                                        calling_aet=os.environ.get(AET_ENV, "TRIAGE").strip() or "TRIAGE")
+    except NotDicomError:
+        st.warning("Not a DICOM study: there is no study in the PACS to file the results into.")
+    except pacs.PacsError as exc:
+        st.error(str(exc))
+    except Exception as exc:        # an evicted file (StoreError says so), a decoder refusal
+        st.error(f"Not sent: {exc}" if isinstance(exc, ValueError) else f"Not sent ({type(exc).__name__}).")
+    else:
+        st.success(f"Sent {n} object(s) to {dest}.")
