@@ -40,6 +40,7 @@ class LabelledSet:
     scores: np.ndarray                  # float probabilities of pneumonia
     files: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()       # "file: reason" for rows/files that were left out
+    sha256s: tuple[str, ...] = ()       # per scored file, when known (images, not a predictions CSV)
 
     @property
     def n(self) -> int:
@@ -128,7 +129,7 @@ def label_from_path(name: str, class_names: Sequence[str] = DEFAULT_CLASS_NAMES)
 def labelled_set_from_records(records: Iterable[StudyRecord], name: str,
                               class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> LabelledSet:
     """Scored records labelled by their class folder; the others are listed in ``skipped``."""
-    labels, scores, files, skipped = [], [], [], []
+    labels, scores, files, skipped, shas = [], [], [], [], []
     for r in records:
         label = label_from_path(r.name, class_names)
         if label is None:
@@ -139,11 +140,12 @@ def labelled_set_from_records(records: Iterable[StudyRecord], name: str,
             labels.append(label)
             scores.append(r.probability)
             files.append(r.name)
+            shas.append(r.sha256)
     if not labels:
         raise LabelledDataError(f"{name}: no readable image inside class folders "
                                 f"({', '.join(c.upper() for c in class_names)}/); {len(skipped)} file(s) skipped")
     return LabelledSet(name, np.asarray(labels, dtype=np.int64), np.asarray(scores, dtype=float),
-                       tuple(files), tuple(skipped))
+                       tuple(files), tuple(skipped), tuple(shas))
 
 
 def metrics_table(ls: LabelledSet, threshold: float, n_resamples: int = 1000, seed: int = 0

@@ -33,3 +33,15 @@ def test_the_shipped_score_warns_on_the_adult_dicoms_and_not_on_kermany_samples(
     assert (kermany > ood.cutoff).sum() <= 2, kermany          # ~5% of in-population images warn by design
     assert "outside the training population" in ood.warning(float(adult[0]))
     assert ood.warning(float(kermany.min())) is None
+
+
+def test_the_shipped_model_knows_its_training_images_and_an_evaluation_on_them_says_so():
+    from engine.provenance import overlap_warning, training_hashes, file_sha256
+    seen = training_hashes(SHIPPED_MODEL)
+    assert (len(seen["train"]), len(seen["val"])) == (4424, 782)        # the card's split counts
+    samples = [file_sha256(p) for p in JPEGS]
+    in_train = sum(s in seen["train"] for s in samples)
+    assert in_train > 0                                                # the bundled sample is from train
+    text = overlap_warning(SHIPPED_MODEL, samples)
+    assert text.startswith(f"{in_train} of these {len(samples)} images were in the model's training split")
+    assert overlap_warning(SHIPPED_MODEL, [file_sha256(p) for p in DICOMS]) == ""

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from engine import metrics
 from engine.checkpoint import ModelCard, save_checkpoint
+from engine.provenance import write_training_hashes
 from engine.device import hardware_summary, select_policy
 from engine.preprocess import Preprocessing
 from models import ARCHITECTURES, build_model
@@ -164,6 +165,8 @@ def _write_split(out: Path, train, val) -> None:
 def _finalise(model, card: ModelCard, out_dir: Path, val_samples, rule: str, half: bool) -> dict:
     """Save the checkpoint, then calibrate it on validation through the engine's predictor."""
     save_checkpoint(model, card, out_dir, half=half)
+    split = json.loads((out_dir.parent / "split.json").read_text())   # written at the start of the run
+    write_training_hashes(out_dir, [Path(r["path"]) for r in split["train"]], [Path(r["path"]) for r in split["val"]])
     summary = calibrate_checkpoint(out_dir, [s.path for s in val_samples], [s.label for s in val_samples], rule)
     log.info("checkpoint %s written; decision threshold %.4f chosen on validation (%s)", out_dir,
              summary["threshold"], rule)

@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine import metrics as M
 from engine.paths import PathNotAllowed, confine
+from engine.provenance import overlap_warning
 from engine.site import ProfileError, fit_profile, labels_from_decisions, list_profiles, save_profile
 from engine.sources import items_from_uploads, iter_inputs
 
@@ -165,6 +166,9 @@ def render() -> None:
         return
     st.caption(f"{ls.name}: {ls.n:,} studies ({ls.n_positive:,} pneumonia, {ls.n - ls.n_positive:,} normal). "
                f"Threshold {thr:.3f} from the sidebar; flag rule probability ≥ threshold.")
+    held_out = _held_out_note(ref, ls)
+    if held_out:
+        st.warning(held_out, icon=":material/warning:")
 
     y, s = ls.labels, ls.scores
     conf = M.confusion_at(y, s, thr)
@@ -198,6 +202,14 @@ def render() -> None:
     g5.plotly_chart(figures.calibration_figure(bins, ece), key="fig_calibration")
     with g6:
         _site_profile_section(ls, f"{card.name} {card.version}".strip(), _source_label(ls))
+
+
+def _held_out_note(ref, ls: LabelledSet) -> str:
+    """Say so when the figures are not a held-out evaluation."""
+    if st.session_state.get("perf_source", SOURCES[0]) == SOURCES[0]:
+        return ("Not held out: these are the model's own validation predictions, on which its threshold was "
+                "chosen and its training stopped. Figures on new data will be lower.")
+    return overlap_warning(ref.path, ls.sha256s)
 
 
 def _source_label(ls: LabelledSet) -> str:
