@@ -109,7 +109,9 @@ def export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
     log.info("exporting %s to ONNX (once for these weights): %s", ckpt_dir, out)
 
     def write(tmp: str) -> None:
-        with warnings.catch_warnings():
+        # The exporter draws from torch's global RNG; a training run that calibrates a checkpoint
+        # must not have its random stream depend on whether the graph was already cached.
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
             torch.onnx.export(net, (example,), tmp, dynamo=False, input_names=["input"],
                               output_names=["logits"], opset_version=17,
