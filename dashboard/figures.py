@@ -14,10 +14,12 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from engine.metrics import CalibrationBins, Confusion
+from engine.metrics import CalibrationBins, Confusion, clopper_pearson
 
 ACCENT = "#4FA3D9"
 CLASS_COLORS = ("#9AA5B1", "#E8A23B")      # normal: neutral grey, pneumonia: amber
+# Confusion-matrix cells from the page's dark background to the accent: no white glare on the dark theme.
+DARK_SCALE = [[0.0, "#1C2127"], [1.0, "#2F6F99"]]
 SERIES_COLORS = ("#4FA3D9", "#E8A23B", "#7BC67E", "#C77DBA", "#E06C75", "#56B6C2", "#D8D8D8")
 HEIGHT = 360
 _UNIT = dict(range=[-0.01, 1.01], constrain="domain")
@@ -50,24 +52,42 @@ def confusion_figure(confusion: Confusion, class_names: Sequence[str], threshold
     total = max(int(m.sum()), 1)
     text = [[f"{v}<br>({v / total:.0%})" for v in row] for row in m]
     heat = dict(type="heatmap", z=m.tolist(), x=[f"Predicted {n}" for n in names],
-                y=[f"True {n}" for n in names], text=text, texttemplate="%{text}", colorscale="Blues",
+                y=[f"True {n}" for n in names], text=text, texttemplate="%{text}", colorscale=DARK_SCALE,
+                textfont=dict(color="#E3E5E8", size=15), xgap=2, ygap=2,
                 showscale=False, hovertemplate="%{y}, %{x}: %{z}<extra></extra>")
     return _figure([heat], f"Confusion matrix at threshold {threshold:.3f}", "", "",
                    yaxis=dict(autorange="reversed"))
 
 
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float,
-               point: Optional[tuple[float, float]] = None, threshold: Optional[float] = None
-               ) -> go.Figure:
-    """ROC curve, chance diagonal and the current operating point (1 - specificity, sensitivity)."""
-    data = [_diagonal("Chance"),
-            dict(type="scatter", x=fpr, y=tpr, mode="lines", name="ROC",
-                 line=dict(color=ACCENT, width=2, shape="hv"))]
+               point: Optional[tuple[float, float]] = None, threshold: Optional[float] = None,
+               n_negative: int = 0) -> go.Figure:
+    """ROC curve, chance line and the current operating point (1 - specificity, sensitivity).
+
+    With ``n_negative`` the false-positive axis is logarithmic, from one false positive (1/n) to all:
+    at AUC 0.99 the linear curve sits in a corner, while the low false-positive region where a
+    triage threshold lives is what a reader needs to see. A zero false-positive rate is drawn at 1/(2n).
+    """
+    fpr, tpr = np.asarray(fpr, float), np.asarray(tpr, float)
+    layout: dict = {}
+    if n_negative > 0:
+        floor = 0.5 / n_negative
+        fpr = np.maximum(fpr, floor)
+        grid = np.geomspace(floor, 1.0, 50)
+        data = [dict(type="scatter", x=grid, y=grid, mode="lines", name="Chance",
+                     line=dict(dash="dot", color="#666", width=1), hoverinfo="skip")]
+        layout = dict(xaxis=dict(type="log", range=[np.log10(floor), 0.0]), yaxis=dict(range=[-0.01, 1.01]))
+    else:
+        data = [_diagonal("Chance")]
+    data.append(dict(type="scatter", x=fpr, y=tpr, mode="lines", name="ROC",
+                     line=dict(color=ACCENT, width=2, shape="hv")))
     if point is not None and np.all(np.isfinite(point)):
         label = "Operating point" + (f" (threshold {threshold:.3f})" if threshold is not None else "")
-        data.append(_point(point[0], point[1], label))
-    return _figure(data, f"ROC curve (AUC {auc:.3f})", "1 - specificity (false-positive rate)",
-                   "Sensitivity (true-positive rate)", square=True)
+        x = max(point[0], 0.5 / n_negative) if n_negative > 0 else point[0]
+        data.append(_point(x, point[1], label))
+    axis = "1 - specificity (false-positive rate" + (", log scale)" if n_negative > 0 else ")")
+    return _figure(data, f"ROC curve (AUC {auc:.3f})", axis, "Sensitivity (true-positive rate)",
+                   square=n_negative <= 0, **layout)
 
 
 def pr_figure(precision: np.ndarray, recall: np.ndarray, ap: float, prevalence: float,
@@ -83,8 +103,11 @@ def pr_figure(precision: np.ndarray, recall: np.ndarray, ap: float, prevalence: 
 
 
 def histogram_figure(labels: np.ndarray, scores: np.ndarray, threshold: float,
-                     class_names: Sequence[str], bins: int = 40) -> go.Figure:
-    """Overlaid probability histograms per true class with a vertical threshold line."""
+                     class_names: Sequence[str], bins: int = 40, log_counts: bool = True) -> go.Figure:
+    """Overlaid probability histograms per true class with a vertical threshold line.
+
+    Counts on a log axis by default: the end bins of a confident model hold hundreds of studies and
+    would hide the handful of false negatives and false positives in between."""
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
     data = [dict(type="histogram", x=scores[labels == k], name=f"True {name}", opacity=0.65,
                  marker=dict(color=CLASS_COLORS[k]), xbins=dict(start=0.0, end=1.0, size=1.0 / bins))
@@ -93,17 +116,26 @@ def histogram_figure(labels: np.ndarray, scores: np.ndarray, threshold: float,
                 line=dict(color="white", dash="dash", width=2))
     note = dict(x=threshold, y=1, xref="x", yref="paper", text=f"threshold {threshold:.3f}",
                 showarrow=False, yanchor="bottom")
-    return _figure(data, "Probability of pneumonia by true class", "Predicted probability", "Studies",
-                   barmode="overlay", shapes=[line], annotations=[note], xaxis=dict(range=[0, 1]))
+    return _figure(data, "Probability of pneumonia by true class", "Predicted probability",
+                   "Studies (log scale)" if log_counts else "Studies", barmode="overlay", shapes=[line],
+                   annotations=[note], xaxis=dict(range=[0, 1]),
+                   yaxis=dict(type="log", dtick=1) if log_counts else {})
 
 
 def calibration_figure(bins: CalibrationBins, ece: float) -> go.Figure:
     """Reliability diagram: observed fraction of pneumonia against mean predicted probability."""
     full = bins.counts > 0
-    model = dict(type="scatter", x=bins.mean_predicted[full], y=bins.observed_fraction[full],
-                 mode="lines+markers", name="Model", line=dict(color=ACCENT, width=2),
-                 marker=dict(size=np.clip(4 + np.sqrt(bins.counts[full]), 5, 18)),
-                 customdata=bins.counts[full],
+    counts = bins.counts[full].astype(int)
+    observed = bins.observed_fraction[full]
+    lows, highs = zip(*(clopper_pearson(int(round(f * n)), int(n)) for f, n in zip(observed, counts))) \
+        if counts.size else ((), ())
+    model = dict(type="scatter", x=bins.mean_predicted[full], y=observed,
+                 mode="lines+markers+text", name="Model (95% exact interval per bin)", line=dict(color=ACCENT, width=2),
+                 marker=dict(size=np.clip(4 + np.sqrt(counts), 5, 18)), text=[f"n={n}" for n in counts],
+                 textposition="top center", textfont=dict(size=10, color="#9AA5B1"),
+                 error_y=dict(type="data", symmetric=False, array=np.array(highs) - observed,
+                              arrayminus=observed - np.array(lows), color="#5B6470", thickness=1),
+                 customdata=counts,
                  hovertemplate="predicted %{x:.3f}<br>observed %{y:.3f}<br>n=%{customdata}<extra></extra>")
     return _figure([_diagonal("Perfect calibration"), model], f"Calibration (ECE {ece:.3f})",
                    "Mean predicted probability", "Observed fraction with pneumonia", square=True)

@@ -193,7 +193,8 @@ def render() -> None:
     point = (1 - conf.specificity, conf.sensitivity)
     g1, g2 = st.columns(2)
     g1.plotly_chart(figures.confusion_figure(conf, card.class_names, thr), key="fig_confusion")
-    g2.plotly_chart(figures.roc_figure(fpr, tpr, auc, point, thr), key="fig_roc")
+    g2.plotly_chart(figures.roc_figure(fpr, tpr, auc, point, thr, n_negative=ls.n - ls.n_positive),
+                    key="fig_roc")
     g3, g4 = st.columns(2)
     g3.plotly_chart(figures.pr_figure(precision, recall, ap, ls.n_positive / ls.n,
                                       (conf.sensitivity, conf.ppv)), key="fig_pr")
