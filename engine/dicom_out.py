@@ -144,9 +144,12 @@ def _evidence(source: Dataset) -> Dataset:
 
 
 def _copy_identity(target: Dataset, source: Dataset) -> None:
-    for key in IDENTITY + ("SpecificCharacterSet",):
+    """The source's identity values (decoded by pydicom) in our object, written as UTF-8: our own text
+    (a preset's name, a reviewer's) may not fit the source's character set."""
+    for key in IDENTITY:
         if key in source:
             setattr(target, key, source[key].value)
+    target.SpecificCharacterSet = "ISO_IR 192"
 
 
 def _image_ref(source: Dataset) -> Dataset:

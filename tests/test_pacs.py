@@ -427,3 +427,68 @@ def test_dicomweb_query_pull_and_stow_of_a_reviewed_report(pacs_setup, tmp_path,
             g = hd.sr.srread(path).content.get_image_measurement_groups()[0]
             found.append({q.name.value: q.value.meaning for q in g.get_qualitative_evaluations()})
     assert {"FLAG": "No", "REVIEW": "Yes"} in found, found
+
+
+@needs_orthanc
+def test_dashboard_pulls_from_the_pacs_and_sends_a_reviewed_study_back(pacs_setup, tmp_path, monkeypatch):
+    """AppTest: Triage's PACS source pulls the sample studies; Review sends the reviewed one by STOW-RS."""
+    from streamlit.testing.v1 import AppTest
+    orthanc = pacs_setup["orthanc"]
+    for p in SAMPLE_DICOMS:
+        orthanc.upload(p.read_bytes())
+    monkeypatch.setenv("CXR_STORE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("CXR_DICOMWEB_URL", orthanc.dicomweb)
+    monkeypatch.setenv("CXR_PACS_DESTINATION", orthanc.dicomweb)
+    monkeypatch.setenv("CXR_INBOX_POLL_S", "0")
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=180).run()
+    at.switch_page("views/triage.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.selectbox(key="pacs_modality").set_value("CR").run()
+    at.button(key="pacs_search").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    hits = next(d.value for d in at.dataframe if "study date" in d.value.columns)
+    assert len(hits) >= 2
+    shown = hits.to_csv()
+    assert not any(v in shown for v in _source_identity())
+    at.button(key="pacs_pull").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("retrieved into the inbox" in s.value for s in at.success)
+    at.run()
+    table = next(d.value for d in at.dataframe if "probability" in d.value.columns)
+    assert (table["file"].str.startswith("dicomweb/study-")).sum() >= 2
+
+    at.switch_page("views/review.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.button(key="send_pacs").disabled                      # not reviewed yet
+    at.button(key="review_agree").click().run()
+    at.switch_page("views/review.py").run()
+    # the agreed study moved on; go back to a reviewed one
+    from engine.ingest import model_key
+    from engine.store import Store
+    store = Store(tmp_path / "store")
+    reviewed = [r for r in store.studies(None, model_key()) if r.review_status != "unreviewed"]
+    assert len(reviewed) == 1
+    at.session_state["review_sha"] = reviewed[0].sha256
+    at.run()
+    assert not at.button(key="send_pacs").disabled
+    at.button(key="send_pacs").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(s.value.startswith("Sent 2 object(s)") for s in at.success), [e.value for e in at.error]
+
+
+def test_text_outside_the_source_character_set_survives(sources, tmp_path):
+    src = sources[0]                                       # ISO_IR 100 (Latin-1)
+    sr = structured_report(src, _finding(threshold_origin="preset “sensitivity ≥ 0.95”",
+                                         review=Review("agree", "Dr Łukasz")))
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    back = pydicom.dcmread(path)
+    assert back.PatientName == src.PatientName
+    def texts(items):
+        for item in items:
+            if "TextValue" in item:
+                yield item.TextValue
+            yield from texts(item.get("ContentSequence", []))
+    text = "\n".join(texts(back.ContentSequence))
+    assert "preset “sensitivity ≥ 0.95”" in text and "Dr Łukasz" in text
