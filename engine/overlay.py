@@ -34,12 +34,21 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet", size: Optional[tuple[in
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+RAMP = 0.1   # heat over which the overlay fades in above its cut-off
+
+
+def colour_scale(colormap: str = "jet", width: int = 256, height: int = 12) -> np.ndarray:
+    """A horizontal colour bar (RGB uint8) from heat 0 (left) to 1 (right), for a legend."""
+    return colorize(np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1)), colormap)
+
+
 def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, *, colormap: str = "jet",
                     opacity: float = 0.4, min_value: float = 0.0) -> np.ndarray:
     """Blend ``heatmap`` (any size, [0, 1]) over ``image`` (H, W) in [0, 1]; RGB uint8 (H, W, 3).
 
     Pixels whose heat is below ``min_value`` show the radiograph alone, so faint attributions do
-    not tint the whole image.
+    not tint the whole image; the tint fades in over ``RAMP`` above the cut-off rather than
+    switching on at a hard edge.
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
@@ -49,7 +58,12 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, *, colormap: str = "
     if heat.shape != size:
         heat = cv2.resize(heat, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     color = colorize(heat, colormap).astype(np.float32)
-    alpha = opacity * (heat >= min_value).astype(np.float32)[:, :, None]
+    if min_value > 0:
+        ramp = np.clip((heat - min_value) / RAMP, 0.0, 1.0)
+        weight = ramp * ramp * (3.0 - 2.0 * ramp)          # smoothstep: no hard edge at the cut-off
+    else:
+        weight = np.ones_like(heat)
+    alpha = opacity * weight[:, :, None]
     return np.clip(base * (1 - alpha) + color * alpha + 0.5, 0, 255).astype(np.uint8)
 
 

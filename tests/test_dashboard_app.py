@@ -315,7 +315,7 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     assert app.session_state["review_sha"] == dicom_sha
     app.switch_page("views/review.py")      # AppTest does not follow st.switch_page for later runs
     captions = [c for img in app.image for c in img.captions]
-    assert len(app.image) == 3 and any("overlay" in c for c in captions) and any("alone" in c for c in captions)
+    assert len(app.image) == 4 and any("heat 0 → 1" in c for c in captions) and any("overlay" in c for c in captions) and any("alone" in c for c in captions)
     assert calls.explained == 1                                   # only the study under review
 
     header = frame_with(app, "field").set_index("field")["value"]

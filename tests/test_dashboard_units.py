@@ -275,5 +275,6 @@ def test_thumbnail_and_review_panels():
     _, cut, _ = imaging.review_panels(img, heat, opacity=0.5, min_heat=0.5)   # heat only in one square
     hot = cv2.resize(heat, img.shape[::-1], interpolation=cv2.INTER_LINEAR) >= 0.5
     assert np.array_equal(cut[~hot], original[~hot]) and not np.array_equal(cut[hot], original[hot])
+    # (below the cut-off untouched; above it the tint fades in: see test_overlay.py)
     dark = imaging.review_panels(img, None, center=0.9, width=0.1)[0]
     assert dark.mean() < original.mean()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engine.decode import read_image
-from engine.overlay import COLORMAPS, colorize, overlay_heatmap, side_by_side, to_gray_rgb, window_level
+from engine.overlay import colour_scale, COLORMAPS, colorize, overlay_heatmap, side_by_side, to_gray_rgb, window_level
 from helpers import DICOMS
 
 
@@ -46,6 +46,22 @@ def test_min_value_leaves_faint_heat_untinted():
     out = overlay_heatmap(image, heat, opacity=0.5, min_value=0.1)
     assert np.array_equal(out[0], to_gray_rgb(image)[0])
     assert not np.array_equal(out[1], to_gray_rgb(image)[1])
+
+
+def test_the_overlay_fades_in_above_the_cut_off_without_a_hard_edge():
+    image = np.full((1, 5), 0.5, np.float32)
+    heat = np.array([[0.29, 0.32, 0.35, 0.38, 0.6]], np.float32)       # cut-off 0.3, ramp 0.1
+    out = overlay_heatmap(image, heat, opacity=0.8, min_value=0.3).astype(int)
+    base = to_gray_rgb(image).astype(int)
+    change = np.abs(out - base).sum(axis=2)[0]
+    assert change[0] == 0 and 0 < change[1] < change[2] < change[3]     # grows smoothly
+    full = np.abs(overlay_heatmap(image, heat, opacity=0.8).astype(int) - base).sum(axis=2)[0]
+    assert change[4] == full[4]                                          # full tint past the ramp
+
+
+def test_colour_scale_runs_from_cold_to_hot():
+    bar = colour_scale("jet", width=64, height=4)
+    assert bar.shape == (4, 64, 3) and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]
 
 
 def test_window_level_by_hand():

@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine.errors import ImageReadError
 from engine.explain import METHODS
-from engine.overlay import COLORMAPS
+from engine.overlay import COLORMAPS, colour_scale
 from engine.store import StoreError
 
 from dashboard import imaging, pacs_panel, resources, state, worklist
@@ -189,6 +189,8 @@ def render() -> None:
     c1.image(original, caption=f"{rec.name} (window {center:.2f} / {width:.2f})", width="stretch")
     c2.image(overlay, caption=f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, "
                               f"heat ≥ {min_heat:.2f})", width="stretch")
+    c2.image(colour_scale(cmap, 256, 10), width="stretch",
+             caption="heat 0 → 1: evidence for pneumonia, scaled within this image")
     with c3:
         p = rec.probability
         s1, s2 = st.columns(2)
