@@ -43,6 +43,10 @@ def ray_address(tmp_path_factory):
     log = open(temp / "ray-start.log", "w")
     proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                             # every fixed default port of its own, so a Ray someone else runs here does not clash
+                             f"--ray-client-server-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+                             f"--dashboard-agent-listen-port={_free_port()}",
+                             f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
                              "--disable-usage-stats", f"--temp-dir={Path('/tmp') / ('ray-test-' + str(port))}"],
                             env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
