@@ -21,9 +21,9 @@ from engine.csvsafe import csv_safe as _csv_safe
 
 IDENTIFIER_COLUMNS = ("patient_name", "patient_id", "birth_date", "accession_number", "institution")
 BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "review", "study_date",
-                "modality", "view_position", "body_part", "format", "sha256")
+                "age_band", "modality", "view_position", "body_part", "format", "study", "sha256")
 DISPLAY_COLUMNS = ("thumbnail", "file", "probability", "flag", "review", "reason", "warnings", "study_date",
-                   "modality", "view_position")
+                   "age_band", "modality", "view_position")
 EXPORT_COLUMNS = ("file", "status", "probability", "flagged", "threshold", "model", "review", "reason",
                   "warnings", "study_date", "modality", "view_position", "body_part", "format", "sha256")
 VIEWS = ("All", "Flagged", "Not flagged", "Unreadable")
@@ -60,6 +60,8 @@ def build_worklist(records: Iterable[StudyRecord]) -> pd.DataFrame:
             "warnings": "; ".join(r.warnings),
             "review": getattr(r, "review_status", "unreviewed"),
             "study_date": _date(md.study_date),
+            "age_band": md.age_band or "",
+            "study": md.study_key or "",
             "modality": md.modality or "",
             "view_position": md.view_position or "",
             "body_part": md.body_part or "",
@@ -111,11 +113,31 @@ def flag_column(df: pd.DataFrame, threshold: float) -> np.ndarray:
                     np.where(flags(df, threshold), FLAG_TEXT[True], FLAG_TEXT[False]))
 
 
-def view(df: pd.DataFrame, threshold: float, show: str = "All", thumbnails: bool = True
-         ) -> pd.DataFrame:
-    """The rows and columns the worklist table shows at ``threshold`` (no identifiers)."""
+def by_study(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per study (DICOM images sharing a Study Instance UID): the row of its most probable
+    image, named "<file> (+N images)"; review "unreviewed" until every image has a decision. Files
+    without a study (JPEG, PNG, unreadable) stay one row each. Order: as in ``df``."""
+    keyed = df["study"].ne("") & df["_readable"]
+    if not keyed.any():
+        return df
+    firsts = ~df.loc[keyed, "study"].duplicated()                  # df is sorted: the first is the top image
+    size = df.loc[keyed].groupby("study")["file"].transform("size")
+    reviewed = df.loc[keyed].groupby("study")["review"].transform(lambda r: r.iloc[0] if r.ne("unreviewed").all()
+                                                                    else "unreviewed")
+    top = df.loc[keyed].assign(review=reviewed)
+    top["file"] = [f"{f} (+{n - 1} images)" if n > 1 else f for f, n in zip(top["file"], size)]
+    keep = pd.concat([top[firsts.to_numpy()], df.loc[~keyed]])
+    return keep.loc[sorted(keep.index)].reset_index(drop=True)
+
+
+def view(df: pd.DataFrame, threshold: float, show: str = "All", thumbnails: bool = True,
+         studies: bool = False) -> pd.DataFrame:
+    """The rows and columns the worklist table shows at ``threshold`` (no identifiers); with
+    ``studies``, one row per DICOM study (see :func:`by_study`)."""
     if show not in VIEWS:
         raise ValueError(f"show must be one of {', '.join(VIEWS)}, got {show!r}")
+    if studies:
+        df = by_study(df)
     cols = [c for c in DISPLAY_COLUMNS if c != "flag" and (thumbnails or c != "thumbnail")]
     out = df[cols + ["sha256"]].copy()
     out.insert(cols.index("probability") + 1, "flag", flag_column(df, threshold))

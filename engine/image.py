@@ -30,6 +30,7 @@ class StudyMetadata:
     sop_class: Optional[str] = None         # e.g. "Digital X-Ray Image Storage - For Presentation"
     decoder: Optional[str] = None           # pydicom pixel-data plugin used: "pylibjpeg", "gdcm", ...
     age_band: Optional[str] = None          # engine.population.AGE_BANDS, never the exact age
+    study_key: Optional[str] = None         # a hash of StudyInstanceUID: groups a study's images, reveals nothing
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and v != ""}

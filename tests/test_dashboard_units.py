@@ -278,3 +278,18 @@ def test_thumbnail_and_review_panels():
     # (below the cut-off untouched; above it the tint fades in: see test_overlay.py)
     dark = imaging.review_panels(img, None, center=0.9, width=0.1)[0]
     assert dark.mean() < original.mean()
+
+
+def test_one_row_per_study_groups_a_studys_images_under_its_most_probable_one():
+    study = StudyMetadata(format="dicom", study_key="a" * 16)
+    records = [B.StudyRecord("pa.dcm", "1" * 64, "ok", 0.4, metadata=study, review_status="agreed"),
+               B.StudyRecord("lat.dcm", "2" * 64, "ok", 0.8, metadata=study),
+               B.StudyRecord("other.jpeg", "3" * 64, "ok", 0.6),
+               B.StudyRecord("bad.dcm", "", "error", message="bad.dcm: not a DICOM, JPEG or PNG image")]
+    df = W.build_worklist(records)
+    rows = W.view(df, 0.5, studies=True)
+    assert list(rows["file"]) == ["lat.dcm (+1 images)", "other.jpeg", "bad.dcm"]
+    assert list(rows["flag"]) == ["FLAGGED", "FLAGGED", "unreadable"]
+    assert rows["review"].iloc[0] == "unreviewed"          # one of its two images is not reviewed yet
+    assert rows["sha256"].iloc[0] == "2" * 64              # opening the study opens its top image
+    assert len(W.view(df, 0.5)) == 4                        # per image when asked

@@ -80,10 +80,13 @@ def render() -> None:
                    f"{fmt_mb(MAX_FILE_BYTES)} per image, {fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP); "
                    "they are listed with the reason.")
 
-    f1, f2 = st.columns([3, 1])
+    f1, f2, f3 = st.columns([3, 1, 1])
     show = f1.radio("Show", worklist.VIEWS, horizontal=True, key="wl_view", persist_state="session")
-    thumbs = f2.toggle("Thumbnails", value=True, key="wl_thumbs", persist_state="session")
-    table = worklist.view(df, thr, show, thumbs)
+    studies = f2.toggle("One row per study", value=True, key="wl_studies", persist_state="session",
+                        help="DICOM images of one study (same Study Instance UID) as one row, led by its most "
+                             "probable image")
+    thumbs = f3.toggle("Thumbnails", value=True, key="wl_thumbs", persist_state="session")
+    table = worklist.view(df, thr, show, thumbs, studies)
     st.caption("Select a row to open the study in Review.")
     event = st.dataframe(
         table, hide_index=True, key="worklist_table", on_select="rerun", selection_mode="single-row",
@@ -96,6 +99,7 @@ def render() -> None:
             "flag": st.column_config.TextColumn(f"At {thr:.3f}"),
             "review": st.column_config.TextColumn("Review", width="small"),
             "study_date": st.column_config.TextColumn("Study date", width="small"),
+            "age_band": st.column_config.TextColumn("Age", width="small"),
             "modality": "Modality", "view_position": "View",
             "warnings": st.column_config.TextColumn("Warnings", width="medium"),
             "reason": st.column_config.TextColumn("Unreadable because", width="medium"),

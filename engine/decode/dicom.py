@@ -16,6 +16,7 @@ error messages: files are named by the name the caller gave, and identifiers tra
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import replace
@@ -165,6 +166,7 @@ def _decode(ds: Dataset, name: str, identifiers: PatientIdentifiers) -> DecodedI
         body_part=defined_term("BodyPartExamined", _text(ds, "BodyPartExamined")),
         view_position=view,
         age_band=band,
+        study_key=_study_key(ds),
         study_date=_text(ds, "StudyDate"),
         manufacturer=_text(ds, "Manufacturer"),
         pixel_spacing=_pixel_spacing(ds),
@@ -457,6 +459,13 @@ def _content_warnings(ds: Dataset) -> list[str]:
         shown = defined_term("BodyPartExamined", body_part) or "a free-text value (not quoted)"
         warnings.append(f"Body Part Examined is {shown}, not chest: {_CAUTION}")
     return warnings
+
+
+def _study_key(ds: Dataset) -> Optional[str]:
+    """16 hex digits of a hash of Study Instance UID: enough to group one study's images, and no UID
+    (UIDs can be traced back to a patient) leaves the file."""
+    uid_text = _text(ds, "StudyInstanceUID")
+    return hashlib.sha256(uid_text.encode("ascii", "replace")).hexdigest()[:16] if uid_text else None
 
 
 def _identifiers(ds: Dataset) -> PatientIdentifiers:
