@@ -27,6 +27,7 @@ from engine.checkpoint import DEFAULT_MODEL_DIR, ModelCard, read_card
 from engine.decode.pool import DecodePool, default_pool
 from engine.errors import ImageReadError
 from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
+from engine.ood import FeatureOOD
 from engine.sources import InputItem
 
 if TYPE_CHECKING:   # torch is imported only by the torch backend, Grad-CAM, or ``.model``
@@ -54,6 +55,7 @@ class Prediction:
     identifiers: PatientIdentifiers = field(default_factory=PatientIdentifiers)
     image: Optional[DecodedImage] = None          # ``keep_images=True``: pixels are a display copy
     model_input: Optional[np.ndarray] = None      # ``keep_images=True``: the (S, S) network input
+    ood_distance: Optional[float] = None          # feature distance from the training images (engine.ood)
 
     @property
     def ok(self) -> bool:
@@ -142,6 +144,8 @@ class Predictor:
             backend = backend or BackendChoice("torch", "a torch network was given")
         self.runner = runner
         self.backend = backend or BackendChoice(runner.name, "given")
+        # The out-of-population score fitted with the checkpoint (engine.ood), when it carries one.
+        self.ood: Optional[FeatureOOD] = FeatureOOD.load(self.checkpoint) if self.checkpoint else None
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | Path | None = None,
@@ -229,14 +233,26 @@ class Predictor:
 
     def predict_arrays(self, resized: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Probabilities for images already resized to the input size (S, S) in [0, 1]."""
-        out = []
+        return self.score_arrays(resized, batch_size)[0]
+
+    def score_arrays(self, resized: Sequence[np.ndarray], batch_size: int = 64
+                     ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Probabilities and, when the checkpoint carries an OOD score, each image's feature distance."""
+        probs, dists = [], []
         runner = self.runner
         if getattr(runner, "compiled", False) and runner.compiled_batch is None:
             runner.compiled_batch = batch_size
+        want = self.ood is not None and hasattr(runner, "outputs_np")
         for i in range(0, len(resized), batch_size):
             x = self.prep.normalize_np(np.stack(resized[i:i + batch_size]))
-            out.append(_softmax_positive(runner.logits_np(x), self.card.temperature, self.card.positive_index))
-        return np.concatenate(out) if out else np.empty(0)
+            logits, features = runner.outputs_np(x) if want else (runner.logits_np(x), None)
+            probs.append(_softmax_positive(logits, self.card.temperature, self.card.positive_index))
+            if features is not None:
+                dists.append(self.ood.distances(features))
+            else:
+                want = False
+        p = np.concatenate(probs) if probs else np.empty(0)
+        return p, (np.concatenate(dists) if want and dists else None)
 
     def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Probabilities for decoded images of any size (float32 [0, 1] grayscale)."""
@@ -274,10 +290,13 @@ class Predictor:
         def flush() -> Iterator[Prediction]:
             nonlocal done
             good = [d for d in ready if d.tensor is not None]
-            probs = iter(self.predict_arrays([d.tensor for d in good], batch_size) if good else [])
+            p, dist = self.score_arrays([d.tensor for d in good], batch_size) if good else ([], None)
+            probs = iter(p)
+            dists = iter(dist if dist is not None else [None] * len(good))
             for d in ready:
                 done += 1
-                yield self._to_prediction(d, next(probs) if d.tensor is not None else None)
+                scored = d.tensor is not None
+                yield self._to_prediction(d, next(probs) if scored else None, next(dists) if scored else None)
             ready.clear()
             if progress is not None:
                 progress(done, total)
@@ -299,10 +318,15 @@ class Predictor:
     def predict_items(self, items: Iterable[InputItem], **kwargs) -> list[Prediction]:
         return list(self.predict_stream(items, **kwargs))
 
-    def _to_prediction(self, d: _Decoded, prob: Optional[float]) -> Prediction:
+    def _to_prediction(self, d: _Decoded, prob: Optional[float], distance: Optional[float] = None) -> Prediction:
         if d.error:
             return Prediction(d.item_name, "error", None, d.error, sha256=d.sha256)
         img = d.image
         kept = img.pixels.size > 0
-        return Prediction(d.item_name, "ok", float(prob), "", img.warnings, d.sha256, img.metadata,
-                          img.identifiers, img if kept else None, d.tensor if kept else None)
+        warnings = img.warnings
+        note = self.ood.warning(float(distance)) if distance is not None and self.ood is not None else None
+        if note:
+            warnings = warnings + (note,)
+        return Prediction(d.item_name, "ok", float(prob), "", warnings, d.sha256, img.metadata,
+                          img.identifiers, img if kept else None, d.tensor if kept else None,
+                          None if distance is None else float(distance))

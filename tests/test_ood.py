@@ -45,3 +45,20 @@ def test_the_shipped_model_knows_its_training_images_and_an_evaluation_on_them_s
     text = overlap_warning(SHIPPED_MODEL, samples)
     assert text.startswith(f"{in_train} of these {len(samples)} images were in the model's training split")
     assert overlap_warning(SHIPPED_MODEL, [file_sha256(p) for p in DICOMS]) == ""
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_every_backend_carries_the_feature_warning_to_the_prediction(backend):
+    from engine.predictor import Predictor
+    from engine.sources import iter_inputs
+    predictor = Predictor.from_checkpoint(SHIPPED_MODEL, backend=backend)
+    assert predictor.ood is not None
+    preds = {p.name: p for p in predictor.predict_stream(iter_inputs([*DICOMS, *JPEGS]))}
+    for path in DICOMS:                               # adult films from elsewhere: header and image warn
+        p = preds[path.name]
+        assert p.ood_distance > predictor.ood.cutoff
+        assert any("looks unlike the training images" in w for w in p.warnings)
+        assert any("the patient is an adult" in w for w in p.warnings)
+    kermany = [preds[path.name] for path in JPEGS]
+    assert sum(p.ood_distance > predictor.ood.cutoff for p in kermany) <= 2
+    assert all(p.probability is not None for p in kermany)          # a warning never hides the probability

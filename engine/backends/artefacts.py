@@ -27,7 +27,7 @@ from engine.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 # Bump when the export (folding, opset, graph shape) changes: old artefacts are then ignored.
-EXPORT_VERSION = "onnx-v1-opset17-bnfolded"
+EXPORT_VERSION = "onnx-v2-opset17-bnfolded-features"   # v2: a second output, the penultimate features
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_REPORT = "int8_report.json"
@@ -101,9 +101,9 @@ def export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
     import torch
 
     from engine.checkpoint import load_checkpoint
-    from engine.backends.torch_backend import fuse_for_inference
+    from engine.backends.torch_backend import WithFeatures, fuse_for_inference
     model, card = load_checkpoint(ckpt_dir)
-    net = fuse_for_inference(model).float().eval()
+    net = WithFeatures(fuse_for_inference(model).float().eval()).eval()   # (logits, features) for the OOD score
     p = card.preprocessing
     example = torch.zeros(2, p.in_channels, p.image_size, p.image_size)
     log.info("exporting %s to ONNX (once for these weights): %s", ckpt_dir, out)
@@ -114,8 +114,9 @@ def export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
             torch.onnx.export(net, (example,), tmp, dynamo=False, input_names=["input"],
-                              output_names=["logits"], opset_version=17,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                              output_names=["logits", "features"], opset_version=17,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"},
+                                            "features": {0: "batch"}})
     _atomic_write(out, write)
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -33,5 +34,11 @@ class OrtRunner:
         return f"ONNX Runtime {self.version} {kind}"
 
     def logits_np(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs_np(batch)[0]
+
+    def outputs_np(self, batch: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Logits and, when the graph has them (exports from version 2 on), the penultimate features."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
+        out = self.session.run(None, {self.input_name: x})
+        features = out[1].astype(np.float32, copy=False) if len(out) > 1 else None
+        return out[0].astype(np.float32, copy=False), features

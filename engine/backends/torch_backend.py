@@ -70,3 +70,38 @@ class TorchRunner:
 
     def logits_np(self, batch: np.ndarray) -> np.ndarray:
         return self.logits(torch.from_numpy(batch)).numpy()
+
+    def outputs_np(self, batch: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Logits and the penultimate features (the input of the network's last linear layer)."""
+        captured: list[torch.Tensor] = []
+        hook = last_linear(self._fast).register_forward_hook(lambda m, i, o: captured.append(i[0]))
+        try:
+            logits = self.logits_np(batch)
+        finally:
+            hook.remove()
+        return logits, (captured[0].float().cpu().numpy() if captured else None)
+
+
+def last_linear(net: nn.Module) -> nn.Module:
+    """The network's last ``nn.Linear`` (its classifier): its input is the penultimate features."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no linear classifier")
+    return linears[-1]
+
+
+class WithFeatures(nn.Module):
+    """``net`` returning (logits, penultimate features): what the exported graph computes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        hook = last_linear(self.net).register_forward_hook(lambda m, i, o: captured.append(i[0]))
+        try:
+            logits = self.net(x)
+        finally:
+            hook.remove()
+        return logits, captured[0]
