@@ -16,6 +16,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "assets" / "sample"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_caches(tmp_path_factory):
+    """Exported graphs, the worklist store and site profiles of a test run stay in its temporary
+    folder, never in the user's home (subprocesses inherit the environment)."""
+    import os
+    base = tmp_path_factory.mktemp("caches")
+    keep = {k: os.environ.get(k) for k in ("CXR_CACHE_DIR", "CXR_STORE_DIR", "CXR_PROFILES_DIR")}
+    os.environ.setdefault("CXR_CACHE_DIR", str(base / "exported"))
+    os.environ.setdefault("CXR_STORE_DIR", str(base / "store"))
+    os.environ.setdefault("CXR_PROFILES_DIR", str(base / "profiles"))
+    yield
+    for k, v in keep.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _import_factory():
     # tests/ is on sys.path under pytest's default "prepend" import mode; "tests." if it is a package.
     try:
