@@ -342,3 +342,33 @@ def test_manifest_csv_input(tmp_path):
     no_label = _write_manifest(tmp_path / "nolabel.csv", [{"path": "x.jpeg"}], header=("path",))
     with pytest.raises(ValueError, match="label"):
         ds.index_dataset(no_label)
+
+
+def test_split_seed_shares_the_split_while_seed_changes_the_weights(tmp_path):
+    # Ensemble members: one patient-wise split (--split-seed) and different initialisation and data
+    # order (--seed). The default split seed is --seed, so older runs keep their split.
+    args = lambda *extra: train.get_args_parser().parse_args([*TINY_ARGS, "--out", "x", *extra])
+    ref = train.prepare_data(args("--seed", "0"))
+    same = train.prepare_data(args("--seed", "5", "--split-seed", "0"))
+    assert [s.path for s in same[1]] == [s.path for s in ref[1]]
+    assert [s.path for s in same[0]] == [s.path for s in ref[0]]
+    assert train.prepare_data(args("--seed", "5"))[2]["split_rule"].endswith("seed=5")
+    assert "split_seed" in train.RESUME_MUST_MATCH
+
+    out = tmp_path / "member"
+    with single_thread():
+        train.main(tiny_args(out, "--epochs", "1", "--seed", "3", "--split-seed", "0"))
+    card = json.loads((out / "best" / "model_card.json").read_text())
+    assert card["training"]["seed"] == 3 and card["training"]["split_seed"] == 0
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(r["path"] for r in split["val"]) == sorted(str(s.path) for s in ref[1])
+    with pytest.raises(SystemExit, match="split-seed"):
+        train.main(tiny_args(out, "--epochs", "1", "--seed", "3", "--split-seed", "1", "--resume", str(out)))
+
+
+def test_ood_rebuilds_the_split_from_the_split_seed():
+    from training.ood import split_from_card
+    ref = train.prepare_data(train.get_args_parser().parse_args([*TINY_ARGS, "--out", "x"]))
+    card = {"split_seed": 0, "seed": 3, "val_fraction": 0.34, "pooled_splits": ["train", "val"]}
+    _, val = split_from_card(card, str(SAMPLE))
+    assert sorted(str(s.path) for s in val) == sorted(str(s.path) for s in ref[1])

@@ -78,7 +78,11 @@ def split_from_card(card_training: dict, data_dir: str) -> tuple[list[ds.Sample]
     samples, _ = ds.drop_duplicates(ds.index_dataset(data_dir, splits))
     rule = card_training.get("split_rule", "")
     fraction = float(card_training.get("val_fraction") or _after(rule, "val_fraction=") or 0.15)
-    seed = int(card_training.get("seed") or _after(rule, "seed=") or 0)
+    # the split's own seed (--split-seed), else --seed (runs before --split-seed split by it)
+    seed = card_training.get("split_seed")
+    if seed is None:
+        seed = card_training.get("seed")
+    seed = int(seed if seed is not None else (_after(rule, "seed=") or 0))
     return ds.patient_split(samples, fraction, seed)
 
 

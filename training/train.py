@@ -62,7 +62,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--in-channels", type=int, choices=[1, 3], default=1)
     p.add_argument("--intensity", choices=["zscore", "imagenet", "unit"], default="zscore")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the patient-wise train/validation split (default: --seed); ensemble "
+                        "members share one split (the shipped model's is 0) and differ by --seed")
     p.add_argument("--resume", help="a run folder or its resume.safetensors to continue from")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights on disk")
     p.add_argument("--limit", type=int, default=0, help="use at most N training images (quick runs)")
@@ -145,14 +148,15 @@ def prepare_data(args) -> tuple[list[ds.Sample], list[ds.Sample], dict]:
     splits = [s for s in args.train_splits.split(",") if s]
     samples = ds.index_dataset(args.data_dir, splits)
     samples, dropped = ds.drop_duplicates(samples)
-    train, val = ds.patient_split(samples, args.val_fraction, args.seed)
+    split_seed = args.seed if getattr(args, "split_seed", None) is None else args.split_seed
+    train, val = ds.patient_split(samples, args.val_fraction, split_seed)
     if args.limit:
-        rng = random.Random(args.seed)
+        rng = random.Random(split_seed)
         train = rng.sample(train, min(args.limit, len(train)))
         val = rng.sample(val, min(max(args.limit // 4, 8), len(val)))
     summary = {"data_dir": str(args.data_dir), "pooled_splits": splits,
                "duplicates_dropped": len(dropped), "train": ds.counts(train), "val": ds.counts(val),
-               "split_rule": f"patient-wise, stratified by class, val_fraction={args.val_fraction}, seed={args.seed}"}
+               "split_rule": f"patient-wise, stratified by class, val_fraction={args.val_fraction}, seed={split_seed}"}
     return train, val, summary
 
 
@@ -174,7 +178,7 @@ def _finalise(model, card: ModelCard, out_dir: Path, val_samples, rule: str, hal
 
 
 RESUME_MUST_MATCH = ("data_dir", "arch", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
-                     "scheduler", "image_size", "in_channels", "intensity", "seed", "limit",
+                     "scheduler", "image_size", "in_channels", "intensity", "seed", "split_seed", "limit",
                      "train_splits", "val_fraction", "loss", "sampler", "label_smoothing", "ema",
                      "hflip", "no_augment", "augment_border", "augment_equalize", "pretrained")
 
@@ -204,6 +208,8 @@ def main(args: argparse.Namespace) -> Path:
     rank, world = _rank(), (dist.get_world_size() if dist.is_initialized() else 1)
     if policy.device.type == "cuda" and world > 1:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if args.split_seed is None:
+        args.split_seed = args.seed
     out = Path(args.out)
     resume = None
     if args.resume:
@@ -212,6 +218,9 @@ def main(args: argparse.Namespace) -> Path:
         if not rpath.is_file():
             raise SystemExit(f"--resume: no resume state at {rpath}")
         resume = load_state(rpath)
+        if "split_seed" not in resume.get("args", {}) or resume["args"]["split_seed"] is None:
+            # a run started before --split-seed existed, or with it unset, split by --seed
+            resume.setdefault("args", {})["split_seed"] = resume.get("args", {}).get("seed")
         _check_resume_args(resume.get("args", {}), vars(args))
     _seed_everything(args.seed + rank)
     if rank == 0:
@@ -294,6 +303,7 @@ def main(args: argparse.Namespace) -> Path:
                                          "sampler": args.sampler, "ema_decay": args.ema,
                                          "augmentation": augment.as_dict() if augment else None,
                                          "pretrained": args.pretrained, "seed": args.seed,
+                                         "split_seed": args.split_seed,
                                          "world_size": world},
                             "hardware": hardware_summary(policy)})
     val_y = np.array([s.label for s in val])
