@@ -66,13 +66,13 @@ def main(argv=None) -> int:
 
     token = fill_store(Path(os.environ["CXR_STORE_DIR"]), args.studies, model_ref(None).key)
     calls = {"images": 0}
-    original = Predictor.predict_arrays
+    original = Predictor.score_arrays
 
     def counting(self, resized, batch_size=64):
         calls["images"] += len(resized)
         return original(self, resized, batch_size)
 
-    Predictor.predict_arrays = counting
+    Predictor.score_arrays = counting
     try:
         at = AppTest.from_file(str(HOME), default_timeout=600)
         at.query_params["w"] = token
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         print(f"  page change:        {median_ms(pages)} (Review includes one Grad-CAM the first time)")
         print(f"  images sent to the model meanwhile: {calls['images']}")
     finally:
-        Predictor.predict_arrays = original
+        Predictor.score_arrays = original
     return 0
 
 

@@ -43,6 +43,13 @@ def token_of(page) -> str:
     return parse_qs(urlparse(page.url).query)["w"][0]
 
 
+def wait_worklist(page, n: int) -> None:
+    """Until the worklist grid (header with P(pneumonia)) shows at least ``n`` rows."""
+    page.wait_for_function("""n => [...document.querySelectorAll('[data-testid="stDataFrame"] table[role="grid"]')]
+        .some(t => t.querySelector('tr')?.textContent.includes('P(pneumonia)')
+                   && t.querySelectorAll('tr').length - 1 >= n)""", arg=n, timeout=MODEL_TIMEOUT_MS)
+
+
 def review_column(page) -> dict[str, str]:
     _, rows = worklist(page)
     return {r["File"]: r["Review"] for r in rows}
@@ -110,6 +117,9 @@ def test_reload_restart_two_users_and_keyboard_review(browser, tmp_path):
         again.get_by_role("heading", name="Triage", exact=True).wait_for(timeout=MODEL_TIMEOUT_MS)
         wait_idle(again, MODEL_TIMEOUT_MS)
         assert counts(again)[3] == len(files)
+        again.get_by_text("One row per study").click()                # one row per image, to read each
+        wait_idle(again)
+        wait_worklist(again, len(files))
         reviews = review_column(again)
         assert sorted(reviews.values()) == ["agreed", "disagreed", "unreviewed", "unreviewed"], reviews
         screenshot(again, "worklist_02_after_restart.png")

@@ -1,7 +1,7 @@
 """Every dashboard page through Streamlit's AppTest, with the shipped model and the real sample.
 
 Run from the project root (AppTest reads .streamlit/config.toml from the working directory).
-The model is counted, not mocked: ``Predictor.predict_arrays`` and ``Explainer.explain_images``
+The model is counted, not mocked: ``Predictor.score_arrays`` and ``Explainer.explain_images``
 are wrapped to count the images they receive, so the tests see when the network really runs.
 """
 
@@ -72,9 +72,9 @@ def engine_probabilities() -> dict[str, float]:
 @pytest.fixture
 def calls(monkeypatch) -> Calls:
     c = Calls()
-    predict, explain = Predictor.predict_arrays, Explainer.explain_images
+    predict, explain = Predictor.score_arrays, Explainer.explain_images
 
-    def counted_predict(self, resized, batch_size=64):
+    def counted_predict(self, resized, batch_size=64):   # every probability goes through score_arrays
         c.scored += len(resized)
         return predict(self, resized, batch_size)
 
@@ -82,7 +82,7 @@ def calls(monkeypatch) -> Calls:
         c.explained += len(resized)
         return explain(self, resized, method, batch_size)
 
-    monkeypatch.setattr(Predictor, "predict_arrays", counted_predict)
+    monkeypatch.setattr(Predictor, "score_arrays", counted_predict)
     monkeypatch.setattr(Explainer, "explain_images", counted_explain)
     return c
 

@@ -197,9 +197,9 @@ def render() -> None:
         s1.metric("Probability of pneumonia", f"{p:.3f}")
         s2.metric("Threshold", f"{thr:.3f}", delta=f"{p - thr:+.3f} probability − threshold", delta_color="off")
         st.markdown(f"At this threshold: **{'FLAGGED' if p >= thr else 'not flagged'}**")
-        for w in rec.warnings:
-            st.warning(w, icon=":material/warning:")
         _review_form(rec, f"{pred.card.name} {pred.card.version}".strip(), thr, queue)
+        for w in rec.warnings:              # below the decision, so it stays in view at 1440x900
+            st.warning(w, icon=":material/warning:")
         pacs_panel.send_to_pacs(store, rec, pred, resources.explainer(ref), thr,
                                 str(st.session_state.get(state.PRESET) or ""))
     with st.expander("Heatmap alone and the study header", expanded=False):
