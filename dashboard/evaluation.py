@@ -148,6 +148,21 @@ def labelled_set_from_records(records: Iterable[StudyRecord], name: str,
                        tuple(files), tuple(skipped), tuple(shas))
 
 
+def per_file(ls: LabelledSet, threshold: float) -> pd.DataFrame:
+    """One row per scored study: file, label, probability, flag and outcome (TP/FP/FN/TN) at ``threshold``,
+    errors (false positives, then false negatives) first, each by how wrong it is."""
+    y, s = ls.labels, ls.scores
+    flagged = s >= threshold
+    outcome = np.where(flagged, np.where(y == 1, "TP", "FP"), np.where(y == 1, "FN", "TN"))
+    files = list(ls.files) if len(ls.files) == len(y) else [f"#{i + 1}" for i in range(len(y))]
+    shas = list(ls.sha256s) if len(ls.sha256s) == len(y) else [""] * len(y)
+    df = pd.DataFrame({"file": files, "label": np.where(y == 1, "pneumonia", "normal"), "probability": s,
+                       "flagged": flagged, "outcome": outcome, "sha256": shas})
+    rank = df["outcome"].map({"FP": 0, "FN": 1, "TP": 2, "TN": 3})
+    wrongness = np.where(df["outcome"] == "FP", -s, s)          # most confident mistakes first
+    return df.assign(_r=rank, _w=wrongness).sort_values(["_r", "_w"]).drop(columns=["_r", "_w"]).reset_index(drop=True)
+
+
 def metrics_table(ls: LabelledSet, threshold: float, n_resamples: int = 1000, seed: int = 0
                   ) -> pd.DataFrame:
     """Metric, value and bootstrap 95% interval at ``threshold`` (engine.metrics, vectorised)."""

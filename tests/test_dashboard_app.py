@@ -463,6 +463,8 @@ def test_performance_scores_a_zip_of_class_folders(app, calls):
     assert len(app.get("plotly_chart")) == 5
     assert any("were in the model's training split" in w.value and "not a held-out evaluation" in w.value
                for w in app.warning)                                  # the sample comes from training
+    errors = app.dataframe(key="perf_errors").value
+    assert set(errors["outcome"]) <= {"FP", "FN"} and app.get("download_button")   # errors listed, exportable
     app.slider(key="threshold").set_value(0.45).run()              # re-flags from the stored scores
     assert calls.scored == 12 and len(app.get("plotly_chart")) == 5
     app.file_uploader(key="perf_zip").set_value([]).run()

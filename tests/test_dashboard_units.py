@@ -293,3 +293,11 @@ def test_one_row_per_study_groups_a_studys_images_under_its_most_probable_one():
     assert rows["review"].iloc[0] == "unreviewed"          # one of its two images is not reviewed yet
     assert rows["sha256"].iloc[0] == "2" * 64              # opening the study opens its top image
     assert len(W.view(df, 0.5)) == 4                        # per image when asked
+
+
+def test_per_file_results_list_the_errors_first_most_confident_first():
+    ls = E.LabelledSet("set", np.array([0, 0, 1, 1, 1]), np.array([0.9, 0.2, 0.1, 0.7, 0.4]),
+                       ("n1", "n2", "p1", "p2", "p3"))
+    table = E.per_file(ls, 0.5)
+    assert list(table["outcome"]) == ["FP", "FN", "FN", "TP", "TN"]
+    assert list(table["file"])[:3] == ["n1", "p1", "p3"]           # the FN at 0.1 before the FN at 0.4

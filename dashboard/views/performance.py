@@ -16,7 +16,9 @@ from engine.sources import items_from_uploads, iter_inputs
 
 from dashboard import figures, resources, state
 from dashboard.batch import MAX_FILES, score_items
-from dashboard.evaluation import LabelledDataError, LabelledSet, labelled_set_from_records, metrics_table
+from dashboard.evaluation import (LabelledDataError, LabelledSet, labelled_set_from_records, metrics_table,
+                                  per_file)
+from engine.ingest import cached_item, ingest
 
 SOURCES = ("Model's validation predictions", "Predictions CSV", "Images in class folders",
            "Your reviewed studies")
@@ -184,6 +186,8 @@ def render() -> None:
                                    ("False negatives", conf.fn), ("True negatives", conf.tn))):
         col.metric(label, f"{v:,}")
 
+    _errors_section(ls, thr)
+
     fpr, tpr, _ = M.roc_curve(y, s)
     auc = M.roc_auc(y, s)
     precision, recall, _ = M.precision_recall_curve(y, s)
@@ -203,6 +207,37 @@ def render() -> None:
     g5.plotly_chart(figures.calibration_figure(bins, ece), key="fig_calibration")
     with g6:
         _site_profile_section(ls, f"{card.name} {card.version}".strip(), _source_label(ls))
+
+
+def _open_error(name: str, sha: str) -> None:
+    """Put a mis-scored image of the labelled set into the worklist (from the file cache) and review it."""
+    store = resources.store()
+    wl = state.worklist()
+    if not store.has_study(wl, name, sha):
+        ingest(store, wl, [cached_item(store, name, sha)], source="labelled set")
+    st.session_state[state.REVIEW_SHA] = sha
+    st.switch_page("views/review.py")
+
+
+def _errors_section(ls: LabelledSet, thr: float) -> None:
+    """The false positives and false negatives at this threshold, one click from Review; per-file export."""
+    table = per_file(ls, thr)
+    errors = table[table["outcome"].isin(["FP", "FN"])]
+    with st.expander(f"Errors at {thr:.3f}: {int((errors['outcome'] == 'FP').sum())} false positives, "
+                     f"{int((errors['outcome'] == 'FN').sum())} false negatives", expanded=False):
+        reviewable = bool(ls.sha256s)
+        if reviewable:
+            st.caption("Select a row to open that image in Review (it is added to your worklist).")
+        event = st.dataframe(errors.drop(columns=["sha256"]), hide_index=True, key="perf_errors",
+                             on_select="rerun" if reviewable else "ignore", selection_mode="single-row",
+                             column_config={"probability": st.column_config.NumberColumn(format="%.4f")})
+        rows = list(event.selection.rows) if reviewable and event is not None else []
+        if rows and rows[0] < len(errors):
+            row = errors.iloc[rows[0]]
+            _open_error(row["file"], row["sha256"])
+        st.download_button("Download per-file results (CSV)", icon=":material/download:", key="perf_export",
+                           data=lambda: table.drop(columns=["sha256"]).to_csv(index=False),
+                           file_name="per_file_results.csv", mime="text/csv", on_click="ignore")
 
 
 def _held_out_note(ref, ls: LabelledSet) -> str:

@@ -95,7 +95,17 @@ def onnx_path(ckpt_dir: str | Path, card: Optional[ModelCard] = None, *, build: 
 
 
 def export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
-    """Export the checkpoint's network (BatchNorm folded, float32, dynamic batch) to ``out``."""
+    """Export the checkpoint's network (BatchNorm folded, float32, dynamic batch) to ``out``.
+
+    Everything here (building the network to load the weights into draws initial weights too) runs
+    on a forked RNG: a training run that calibrates a checkpoint must not have its random stream
+    depend on whether the graph was already cached."""
+    import torch
+    with torch.random.fork_rng(devices=[]):
+        return _export_onnx(ckpt_dir, out)
+
+
+def _export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
     import warnings
 
     import torch
