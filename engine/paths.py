@@ -53,6 +53,20 @@ def confine(typed: str, kind: str) -> Path:
                          f"Allowed: folders under {shown} (set {_ENV[kind]} to change).")
 
 
+def confine_any(typed: str) -> Path:
+    """:func:`confine` against the model roots, then the data roots (one message for both)."""
+    try:
+        return confine(typed, "models")
+    except PathNotAllowed:
+        pass
+    try:
+        return confine(typed, "data")
+    except PathNotAllowed:
+        shown = ", ".join(_display(r) for kind in ("models", "data") for r in allowed_roots(kind))
+        raise PathNotAllowed(f"'{typed.strip()}' is not an allowed folder on this server, or does not exist. "
+                             f"Allowed: folders under {shown}.") from None
+
+
 def _display(root: Path) -> str:
     try:
         return root.relative_to(PROJECT_ROOT).as_posix()

@@ -506,7 +506,8 @@ def _evaluation(folder: Path, y: np.ndarray, s: np.ndarray, version: str) -> dic
     return metrics
 
 
-def test_compare_two_evaluation_folders(app, tmp_path):
+def test_compare_two_evaluation_folders(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_ROOT", str(tmp_path))               # typed folders must be under a root
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 120)
     good = _evaluation(tmp_path / "strong", y, np.clip(0.6 * y + 0.4 * rng.random(120), 0, 1), "2.0")
@@ -514,7 +515,14 @@ def test_compare_two_evaluation_folders(app, tmp_path):
     app.switch_page("views/compare.py").run()
     app.text_area(key="cmp_extra").input(f"{tmp_path / 'strong'}\n{tmp_path / 'weak'}\n{tmp_path / 'missing'}").run()
     assert not app.exception, [e.message for e in app.exception]
-    assert any("missing" in e.value and "is not a folder" in e.value for e in app.error)
+    assert any("missing" in e.value and "not an allowed folder on this server, or does not exist" in e.value
+               for e in app.error)
+    app.text_area(key="cmp_extra").input("/etc").run()                # outside every root: refused alike
+    assert any("'/etc' is not an allowed folder" in e.value for e in app.error)
+    app.text_area(key="cmp_extra").input(f"{tmp_path / 'strong'}\n{tmp_path / 'weak'}").run()
+    delong = frame_with(app, "A − B")
+    pair = delong[(delong["A"] == "strong") & (delong["B"] == "weak")]
+    assert len(pair) == 1 and float(pair["p"].iloc[0]) < 0.05             # paired: same files and labels
     table = frame_with(app, "auc").set_index("evaluation").loc[["strong", "weak"]]
     assert table.loc["strong", "auc"] == pytest.approx(good["auc"])
     assert table.loc["weak", "sensitivity"] == pytest.approx(weak["sensitivity"])

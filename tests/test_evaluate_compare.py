@@ -210,3 +210,15 @@ def test_compare_names_the_folder_without_metrics(evaluations, tmp_path, capsys)
     err = capsys.readouterr().err
     assert str(empty) in err and "metrics.json" in err
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_compare_prints_delong_for_evaluations_on_the_same_files(capsys):
+    from engine.paired import paired_tests
+    from training.compare import cli
+    folders = [Path(__file__).resolve().parents[1] / "assets" / "evaluations" / n for n in ("resnet18_cbam", "resnet18")]
+    (t,) = paired_tests(folders)
+    assert (t["a"], t["b"]) == ("resnet18_cbam", "resnet18") and 0 <= t["p"] <= 1
+    assert t["ci_95"][0] < t["difference"] < t["ci_95"][1]
+    import tempfile
+    assert cli([*map(str, folders), "--out", str(Path(tempfile.mkdtemp()) / "c.csv")]) == 0
+    assert "Paired AUC differences (DeLong)" in capsys.readouterr().out

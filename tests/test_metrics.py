@@ -321,3 +321,23 @@ def test_fit_temperature_bounds():
     assert m.fit_temperature([-1.0, 1.0], [0, 1]) == 1e-2
     # Reversed logits carry no usable signal for T > 0: T hits the upper bound.
     assert m.fit_temperature([1.0, -1.0], [0, 1]) == 1e2
+
+
+def test_delong_paired_test():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = y * 1.5 + rng.normal(size=400)
+    weak = y * 0.5 + rng.normal(size=400)
+    d = m.delong_test(y, good, weak)
+    assert d["auc_a"] == approx(m.roc_auc(y, good)) and d["auc_b"] == approx(m.roc_auc(y, weak))
+    assert d["difference"] > 0 and d["p"] < 1e-6 and d["ci_95"][0] > 0
+    same = m.delong_test(y, good, good)
+    assert same["difference"] == 0 and same["p"] == 1.0
+    swapped = m.delong_test(y, weak, good)
+    assert swapped["z"] == pytest.approx(-d["z"]) and swapped["p"] == pytest.approx(d["p"])
+    # the DeLong variance of one AUC agrees with a stratified bootstrap's (within 20%)
+    noisy = y * 0.8 + rng.normal(size=400)
+    dl = m.delong_test(y, noisy, good)
+    boot = [m.roc_auc(y[i], noisy[i]) - m.roc_auc(y[i], good[i])
+            for i in (rng.integers(0, 400, 400) for _ in range(400))]
+    assert (dl["ci_95"][1] - dl["ci_95"][0]) / 3.92 == pytest.approx(np.std(boot), rel=0.2)

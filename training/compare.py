@@ -20,6 +20,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from engine.paired import paired_tests
+
 CSV_COLUMNS = ("evaluation", "model", "architecture", "version", "training", "cbam", "parameters",
                "split", "n", "n_positive", "n_negative", "auc", "auc_ci_low", "auc_ci_high",
                "average_precision", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy",
@@ -162,9 +164,21 @@ def write_roc_html(rows: Sequence[dict], path: str | Path) -> tuple[Path, list[s
     return F.write_html(fig, path), skipped
 
 
+def format_paired(tests: Sequence[dict]) -> str:
+    lines = ["Paired AUC differences (DeLong), same files:"]
+    for t in tests:
+        lo, hi = t["ci_95"]
+        lines.append(f"  {t['a']} - {t['b']}: {t['difference']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}), "
+                     f"z {t['z']:.2f}, p {t['p']:.3g}")
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     rows = [load_row(f) for f in args.folders]
     print(format_table(rows))
+    tests = paired_tests(args.folders)
+    if tests:
+        print("\n" + format_paired(tests))
     out = write_csv(rows, args.out)
     print(f"\n{len(rows)} evaluation(s) written to {out}")
     if args.html:

@@ -10,6 +10,8 @@ from engine import metrics as M
 
 from dashboard import figures, resources
 from dashboard.evaluation import EvaluationFolderError, compare_table, find_evaluation_folders
+from engine.paths import PathNotAllowed, confine_any
+from engine.paired import paired_tests
 
 
 def render() -> None:
@@ -17,10 +19,15 @@ def render() -> None:
     st.caption("Each folder is an output of `python -m training.evaluate` (metrics.json, "
                "predictions.csv, optionally model_card.json). Compare models on the same test set.")
     found = [str(p) for p in find_evaluation_folders(resources.EVALUATIONS_DIR)]
-    extra = st.text_area("Other evaluation folders (one path per line)", key="cmp_extra",
-                         persist_state="session", height=80)
-    typed = [line.strip() for line in extra.splitlines() if line.strip()]
-    candidates = list(dict.fromkeys(found + [str(Path(t).expanduser()) for t in typed]))
+    extra = st.text_area("Other evaluation folders (one path per line, under the server's model or data roots)",
+                         key="cmp_extra", persist_state="session", height=80)
+    typed = []
+    for line in (t.strip() for t in extra.splitlines() if t.strip()):
+        try:
+            typed.append(str(confine_any(line)))
+        except PathNotAllowed as exc:
+            st.error(str(exc))
+    candidates = list(dict.fromkeys(found + typed))
     if not candidates:
         st.info(f"No evaluation folders found in {resources.EVALUATIONS_DIR}; type folder paths above.")
         return
@@ -46,6 +53,13 @@ def render() -> None:
            ("auc", "average_precision", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
             "threshold")},
         "auc_ci_95": "AUC 95% CI", "n": st.column_config.NumberColumn("n", format="%d")})
+    tests = paired_tests([e.path for e in evals])
+    if tests:
+        st.subheader("Paired differences in AUC (DeLong), on the same files")
+        st.dataframe([{"A": t["a"], "B": t["b"], "AUC A": round(t["auc_a"], 4), "AUC B": round(t["auc_b"], 4),
+                       "A − B": round(t["difference"], 4),
+                       "95% CI": f"{t['ci_95'][0]:+.4f} to {t['ci_95'][1]:+.4f}", "p": f"{t['p']:.3g}"}
+                      for t in tests], hide_index=True, key="cmp_delong")
     curves = {}
     for e in evals:
         fpr, tpr, _ = M.roc_curve(e.labels, e.scores)
