@@ -24,6 +24,7 @@ from engine.errors import CheckpointError, ImageReadError
 from engine.predictor import Prediction, Predictor
 from engine.sources import InputItem
 from engine.store import Result, Store, StoreError, Worklist
+from engine.decode.pool import shrink_to as fit_within   # one resize for display copies
 
 MAX_FILES = limits.MAX_BATCH_FILES
 THUMBNAIL_PX = 64          # longest side of a worklist thumbnail
@@ -59,16 +60,6 @@ def model_key(folder: Optional[str | Path] = None) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # Thumbnails
-
-def fit_within(pixels: np.ndarray, max_side: int) -> np.ndarray:
-    """Shrink (never enlarge) a float [0, 1] image so its longest side is at most ``max_side``."""
-    h, w = pixels.shape[:2]
-    scale = max_side / max(h, w, 1)
-    if scale >= 1.0:
-        return np.ascontiguousarray(pixels, dtype=np.float32)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(pixels.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
-
 
 def thumbnail_data_uri(pixels: np.ndarray, max_side: int = THUMBNAIL_PX) -> str:
     """A small grayscale PNG of the image as a ``data:image/png;base64,...`` URI ("" if empty)."""

@@ -123,16 +123,16 @@ def _file_items(path: Path, label: str, size: int) -> Iterator[InputItem]:
         yield error_item(label, f"{limits.fmt_mb(size)} is over the {limits.fmt_mb(limits.MAX_FILE_BYTES)} "
                                 "limit for one file (not read)")
     else:
-        yield InputItem(label, lambda: _read_file(path, label))
+        yield InputItem(label, lambda: read_file(path, label))
 
 
-def _read_file(path: Path, label: str) -> bytes:
+def read_file(path: Path, label: str) -> bytes:
     """The file's bytes, never more than the limit (a file may grow after it was listed)."""
     try:
         with open(path, "rb") as f:
             data = f.read(limits.MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ImageReadError(label, "the file vanished before it could be read") from None
+        raise ImageReadError(label, "file not found (moved or deleted after it was listed?)") from None
     except IsADirectoryError:
         raise ImageReadError(label, "is a folder, not a file") from None
     except OSError as exc:

@@ -26,16 +26,10 @@ def read_bytes(source: Source, name: Optional[str] = None) -> tuple[bytes, str]:
     """Return the file's bytes and the name used in messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), name or "<bytes>"
+    from engine.sources import read_file       # one reader (and one size limit) for every file
     path = Path(source)
     label = name or str(path)
-    try:
-        return path.read_bytes(), label
-    except FileNotFoundError:
-        raise ImageReadError(label, "file not found") from None
-    except IsADirectoryError:
-        raise ImageReadError(label, "is a folder, not a file") from None
-    except OSError as exc:
-        raise ImageReadError(label, f"cannot be read ({exc.strerror or exc})") from None
+    return read_file(path, label), label
 
 
 def read_image(source: Source, name: Optional[str] = None) -> DecodedImage:
