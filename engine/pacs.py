@@ -28,7 +28,7 @@ import logging
 import re
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from pydicom.dataset import Dataset
 

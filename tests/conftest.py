@@ -78,3 +78,17 @@ def xray_wide(xray) -> np.ndarray:
 def dcm():
     """The DICOM variant writers (tests/dicom_factory.py)."""
     return _import_factory()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (never a downloaded browser), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from browser_helpers import CHROMIUM, CHROMIUM_ARGS
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MODEL_TIMEOUT_MS, RERUN_TIMEOUT_MS, ROOT,
+from browser_helpers import (ARTIFACTS, CHROMIUM, MODEL_TIMEOUT_MS, RERUN_TIMEOUT_MS, ROOT,
                              THRESHOLD_SLIDER, ServerMessageGate, choose, exceptions, grid_rows, metric,
                              metric_box, metric_delta, parse_float, scoring_seen, screenshot, start_server,
                              stop_server, threshold, wait_grid_rows, wait_idle, watch_for_scoring)
@@ -49,17 +49,6 @@ def server(tmp_path_factory):
         yield srv
     finally:
         stop_server(srv)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from browser_helpers import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MODEL_TIMEOUT_MS, RERUN_TIMEOUT_MS, screenshot,
+from browser_helpers import (ARTIFACTS, CHROMIUM, MODEL_TIMEOUT_MS, RERUN_TIMEOUT_MS, screenshot,
                              start_server, stop_server, wait_idle)
 from helpers import DICOMS, NORMAL, PNEUMONIA
 from test_browser import counts, go_to_triage, open_home, upload, worklist
@@ -20,17 +20,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make browser)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def new_page(browser):

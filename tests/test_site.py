@@ -2,7 +2,6 @@
 labels from reviewer decisions."""
 
 import csv
-import json
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 
 import os
 
-import pytest
 
 from engine.sources import items_from_uploads, iter_inputs, iter_zip
 from helpers import JPEGS, tree, zip_bytes

@@ -21,7 +21,6 @@ import torch
 from engine import metrics
 from engine.checkpoint import CARD_FILE, VAL_PREDICTIONS_FILE
 from engine.predictor import Predictor
-from engine.sources import InputItem
 from training.report import write_predictions_csv
 
 

@@ -27,7 +27,7 @@ from engine.checkpoint import load_checkpoint
 from engine.decode import read_image
 from engine.device import hardware_summary
 from engine.errors import ImageReadError
-from engine.ood import FeatureOOD, fit
+from engine.ood import fit
 from engine.preprocess import Preprocessing
 from training import data as ds
 

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 
 def write_predictions_csv(path: Path, files: Sequence[str], labels: Sequence[int],

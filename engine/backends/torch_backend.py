@@ -8,9 +8,10 @@ batches padded to one size so that nothing recompiles.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -73,12 +74,8 @@ class TorchRunner:
 
     def outputs_np(self, batch: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Logits and the penultimate features (the input of the network's last linear layer)."""
-        captured: list[torch.Tensor] = []
-        hook = last_linear(self._fast).register_forward_hook(lambda m, i, o: captured.append(i[0]))
-        try:
+        with classifier_input(self._fast) as captured:
             logits = self.logits_np(batch)
-        finally:
-            hook.remove()
         return logits, (captured[0].float().cpu().numpy() if captured else None)
 
 
@@ -90,6 +87,18 @@ def last_linear(net: nn.Module) -> nn.Module:
     return linears[-1]
 
 
+@contextlib.contextmanager
+def classifier_input(net: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While the block runs, the inputs of ``net``'s classifier (the penultimate features) are
+    appended to the yielded list; no hook is left behind."""
+    captured: list[torch.Tensor] = []
+    hook = last_linear(net).register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    try:
+        yield captured
+    finally:
+        hook.remove()
+
+
 class WithFeatures(nn.Module):
     """``net`` returning (logits, penultimate features): what the exported graph computes."""
 
@@ -98,10 +107,6 @@ class WithFeatures(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        captured: list[torch.Tensor] = []
-        hook = last_linear(self.net).register_forward_hook(lambda m, i, o: captured.append(i[0]))
-        try:
+        with classifier_input(self.net) as captured:
             logits = self.net(x)
-        finally:
-            hook.remove()
         return logits, captured[0]

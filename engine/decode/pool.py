@@ -41,7 +41,7 @@ from typing import Optional
 import numpy as np
 
 from engine import limits
-from engine.errors import CorruptImageError, ImageReadError
+from engine.errors import CorruptImageError
 from engine.image import DecodedImage
 
 log = logging.getLogger(__name__)
