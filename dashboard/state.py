@@ -138,8 +138,20 @@ def uploader_key() -> str:
     return f"uploads_{st.session_state.get(_UPLOADER_GEN, 0)}"
 
 
-def renew_uploader() -> None:
+def renew_uploader(files=()) -> None:
+    """Empty the uploader (a new key) and drop the uploaded files from Streamlit's memory.
+
+    Streamlit keeps every uploaded file in memory until the browser session ends, whatever happens to
+    the widget; its chat input drops them right away the same way (``remove_file``). Once the bytes are
+    in the store, the session has no use for them."""
     st.session_state[_UPLOADER_GEN] = st.session_state.get(_UPLOADER_GEN, 0) + 1
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    ctx = get_script_run_ctx()
+    manager = getattr(ctx, "uploaded_file_mgr", None)
+    if isinstance(manager, MemoryUploadedFileManager):
+        for f in files:
+            manager.remove_file(session_id=ctx.session_id, file_id=f.file_id)
 
 
 def model_ref():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
 
 from dashboard import pacs_panel, resources, state, worklist
@@ -21,7 +23,20 @@ def _clear(store, wl) -> None:
     st.session_state.pop("open_study", None)
 
 
+def _release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc keeps them): after an upload's bytes went
+    to the store, the server's resident memory drops back instead of staying at its peak."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):      # not glibc: nothing to do
+        pass
+
+
 def render() -> None:
+    if st.session_state.pop("_trim_pending", False):
+        # Streamlit drops the emptied uploader's files when this run ends: trim a moment after.
+        threading.Timer(3.0, _release_freed_memory).start()
     ref = state.model_ref()
     pred = resources.predictor(ref)
     thr = state.threshold()
@@ -44,10 +59,11 @@ def render() -> None:
 
     if files:
         ingest_uploads(store, wl, [Upload(f.file_id, f.name, f.size, f.getvalue) for f in files])
-        state.renew_uploader()          # the bytes are in the store: empty the widget (and the session)
+        state.renew_uploader(files)     # the bytes are in the store: empty the widget, drop them from memory
     score_worklist(store, wl, pred, ref.key, progress=progress)
     bar.empty()
     if files:
+        st.session_state["_trim_pending"] = True     # the next run, once Streamlit dropped the upload
         st.rerun()
     eviction = store.evict(protect_threshold=thr, model_key=ref.key)
     if eviction.over_limit:
