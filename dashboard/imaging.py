@@ -28,3 +28,23 @@ def review_panels(display: np.ndarray, heatmap: Optional[np.ndarray], *, center:
     overlay = overlay_heatmap(shown, heatmap, colormap=colormap, opacity=opacity, min_value=min_heat)
     alone = colorize(heatmap, colormap, size=display.shape[:2])
     return original, overlay, alone
+
+
+def window_presets(raw: np.ndarray, center: Optional[float], width: Optional[float]) -> dict[str, tuple[float, float]]:
+    """Window/level presets in the DICOM's own units: the header's window (when it has one), the full
+    range of values, and the 1st-99th percentile (ignores a few burned-in or collimator extremes)."""
+    lo, hi = float(np.min(raw)), float(np.max(raw))
+    p1, p99 = (float(v) for v in np.percentile(raw, [1, 99]))
+    out = {}
+    if center is not None and width is not None and width > 0:
+        out[f"Header (WC {center:g} / WW {width:g})"] = (float(center), float(width))
+    out[f"Full range ({lo:g} to {hi:g})"] = ((lo + hi) / 2, max(hi - lo, 1.0))
+    out[f"1st-99th percentile ({p1:g} to {p99:g})"] = ((p1 + p99) / 2, max(p99 - p1, 1.0))
+    return out
+
+
+def window_units(raw: np.ndarray, center: float, width: float, *, monochrome1: bool, invert: bool) -> np.ndarray:
+    """Display gray in [0, 1] (white = dense) from DICOM values, a window in the same units, and the
+    photometric interpretation (MONOCHROME1 stores dense as low); ``invert`` flips the result."""
+    out = np.clip((raw.astype(np.float32) - (center - width / 2.0)) / max(width, 1e-6), 0.0, 1.0)
+    return 1.0 - out if monochrome1 != invert else out

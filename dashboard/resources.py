@@ -136,6 +136,7 @@ class StudyImages:
     display: np.ndarray          # float32 [0, 1], longest side <= DISPLAY_MAX_PX
     model_input: np.ndarray      # (S, S) float32, the preprocessing's resize of the full image
     image: DecodedImage          # metadata, identifiers, warnings (pixels dropped)
+    raw: Optional[np.ndarray] = None   # grayscale DICOM: modality-LUT values at the display size
 
 
 @st.cache_data(max_entries=16, show_spinner="Decoding the image…")
@@ -145,7 +146,7 @@ def study_images(sha256: str, image_size: int, _item: InputItem, _prep) -> Study
                                   display_max_side=DISPLAY_MAX_PX)
     img = study.image
     slim = DecodedImage(img.name, np.empty((0, 0), np.float32), img.metadata, img.identifiers, img.warnings)
-    return StudyImages(img.pixels, study.model_input, slim)
+    return StudyImages(img.pixels, study.model_input, slim, img.modality_values)
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing the heatmap…")

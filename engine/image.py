@@ -62,6 +62,9 @@ class DecodedImage:
     metadata: StudyMetadata = field(default_factory=StudyMetadata)
     identifiers: PatientIdentifiers = field(default_factory=PatientIdentifiers)
     warnings: tuple[str, ...] = ()
+    # Grayscale DICOM only: the stored values after the modality LUT (rescale), in the file's own
+    # units, same shape as ``pixels``: what window/level in DICOM units works on. None otherwise.
+    modality_values: Optional[np.ndarray] = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -301,3 +301,19 @@ def test_per_file_results_list_the_errors_first_most_confident_first():
     table = E.per_file(ls, 0.5)
     assert list(table["outcome"]) == ["FP", "FN", "FN", "TP", "TN"]
     assert list(table["file"])[:3] == ["n1", "p1", "p3"]           # the FN at 0.1 before the FN at 0.4
+
+
+def test_window_level_in_the_dicoms_own_units_with_presets_and_invert():
+    image = read_image(ROOT / "assets" / "sample" / "dicom" / "cr_chest_pa_mono1_j2k.dcm")
+    raw, meta = image.modality_values, image.metadata
+    assert raw.shape == image.pixels.shape and meta.photometric_interpretation == "MONOCHROME1"
+    presets = imaging.window_presets(raw, meta.window_center, meta.window_width)
+    first = next(iter(presets))
+    assert first == "Header (WC 15000 / WW 30000)" and presets[first] == (15000.0, 30000.0)
+    # the header window on MONOCHROME1 gives back the decoder's own display (white = dense)
+    shown = imaging.window_units(raw, 15000.0, 30000.0, monochrome1=True, invert=False)
+    np.testing.assert_allclose(shown, image.pixels, atol=1e-4)
+    flipped = imaging.window_units(raw, 15000.0, 30000.0, monochrome1=True, invert=True)
+    np.testing.assert_allclose(flipped, 1 - shown, atol=1e-6)
+    narrow = imaging.window_units(raw, 15000.0, 2000.0, monochrome1=False, invert=False)
+    assert set(np.unique(narrow[(raw < 14000) | (raw > 16000)])) <= {0.0, 1.0}    # outside the window: clipped

@@ -166,27 +166,23 @@ def render() -> None:
                               help="Grad-CAM is fast; the others take seconds on a CPU.")
         cmap = d2.selectbox("Colormap", list(COLORMAPS), key="rv_cmap", persist_state="session")
         opacity = d3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="rv_opacity", persist_state="session")
-        w1, w2, w3 = st.columns(3)
-        # Window and level start afresh for each study (their keys carry the study's hash).
-        center = w1.slider("Window level (centre)", 0.0, 1.0, 0.5, 0.01, key=f"rv_center_{sha[:16]}",
-                           help="Display only: the model always sees the full range.")
-        width = w2.slider("Window width", 0.05, 1.0, 1.0, 0.01, key=f"rv_width_{sha[:16]}")
-        min_heat = w3.slider("Overlay only where heat ≥", 0.0, 0.9, 0.2, 0.05, key="rv_min_heat",
+        min_heat = st.slider("Overlay only where heat ≥", 0.0, 0.9, 0.2, 0.05, key="rv_min_heat",
                              persist_state="session",
                              help="Leaves the radiograph untinted where the explanation is weak "
                                   "(heat is scaled 0-1 per image); 0 tints the whole film.")
+        try:
+            imgs = resources.study_images(sha, pred.prep.image_size, item, pred.prep)
+        except (ImageReadError, OSError) as exc:
+            st.error(f"Cannot display this study: {exc}")
+            return
+        shown, window_text = _window_controls(imgs, sha)
 
-    try:
-        imgs = resources.study_images(sha, pred.prep.image_size, item, pred.prep)
-    except (ImageReadError, OSError) as exc:
-        st.error(f"Cannot display this study: {exc}")
-        return
     heat = resources.heatmap(ref.key, sha, method, resources.explainer(ref), imgs.model_input)
-    original, overlay, alone = imaging.review_panels(imgs.display, heat, center=center, width=width,
-                                                     colormap=cmap, opacity=opacity, min_heat=min_heat)
+    original, overlay, alone = imaging.review_panels(shown, heat, colormap=cmap, opacity=opacity,
+                                                     min_heat=min_heat)
 
     c1, c2, c3 = st.columns([5, 5, 4])
-    c1.image(original, caption=f"{rec.name} (window {center:.2f} / {width:.2f})", width="stretch")
+    c1.image(original, caption=f"{rec.name} ({window_text})", width="stretch")
     c2.image(overlay, caption=f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, "
                               f"heat ≥ {min_heat:.2f})", width="stretch")
     c2.image(colour_scale(cmap, 256, 10), width="stretch",
@@ -210,6 +206,44 @@ def render() -> None:
         with h2:
             _header_panel(imgs.image)
     _export_section(store)
+
+
+def _apply_preset(sha: str, presets: dict) -> None:
+    """Preset callback: move this study's window sliders to the chosen preset."""
+    center, width = presets[st.session_state[f"rv_wl_preset_{sha}"]]
+    st.session_state[f"rv_wc_{sha}"], st.session_state[f"rv_ww_{sha}"] = center, width
+
+
+def _window_controls(imgs, sha: str):
+    """Window/level for this study (reset for each study: the keys carry its hash): in the DICOM's own
+    units with presets and invert when the file has them, else on the 0-1 display scale.
+    Returns the displayed gray image and a caption."""
+    key = sha[:16]
+    meta = imgs.image.metadata
+    if imgs.raw is None:
+        w1, w2 = st.columns(2)
+        center = w1.slider("Window level (centre)", 0.0, 1.0, 0.5, 0.01, key=f"rv_center_{key}",
+                           help="Display only: the model always sees the full range.")
+        width = w2.slider("Window width", 0.05, 1.0, 1.0, 0.01, key=f"rv_width_{key}")
+        return imaging.window_level(imgs.display, center, width), f"window {center:.2f} / {width:.2f}"
+    presets = imaging.window_presets(imgs.raw, meta.window_center, meta.window_width)
+    first_center, first_width = next(iter(presets.values()))
+    st.session_state.setdefault(f"rv_wc_{key}", first_center)
+    st.session_state.setdefault(f"rv_ww_{key}", first_width)
+    lo, hi = float(imgs.raw.min()), float(imgs.raw.max())
+    span = max(hi - lo, 1.0)
+    w0, w1, w2, w3 = st.columns([3, 2, 2, 1], vertical_alignment="bottom")
+    w0.selectbox("Window preset", list(presets), key=f"rv_wl_preset_{key}", on_change=_apply_preset,
+                 args=(key, presets), help="In the DICOM's own units (after the rescale slope/intercept).")
+    center = w1.number_input("Window centre", value=None, key=f"rv_wc_{key}", step=span / 100, format="%g")
+    width = w2.number_input("Window width", value=None, key=f"rv_ww_{key}", min_value=1e-3, step=span / 100,
+                            format="%g")
+    invert = w3.checkbox("Invert", key=f"rv_invert_{key}")
+    center = first_center if center is None else float(center)
+    width = first_width if width is None else float(width)
+    shown = imaging.window_units(imgs.raw, center, width, invert=invert,
+                                 monochrome1=(meta.photometric_interpretation or "") == "MONOCHROME1")
+    return shown, f"WC {center:g} / WW {width:g}" + (", inverted" if invert else "")
 
 
 def _export_section(store) -> None:

@@ -154,7 +154,7 @@ def _decode(ds: Dataset, name: str, identifiers: PatientIdentifiers) -> DecodedI
     warnings = _content_warnings(ds) + header_warnings(band, view)
     if frames > 1:
         warnings.append(f"multi-frame DICOM ({frames} frames): only the first frame was read")
-    pixels = _to_gray(arr, ds, decoded_photometric or photometric, name, warnings)
+    pixels, values = _to_gray(arr, ds, decoded_photometric or photometric, name, warnings)
     if tsyntax.is_encapsulated:
         fill = flat_tail_warning(pixels)
         if fill:
@@ -182,7 +182,7 @@ def _decode(ds: Dataset, name: str, identifiers: PatientIdentifiers) -> DecodedI
         decoder=plugin,
     )
     return DecodedImage(name=name, pixels=pixels, metadata=meta, identifiers=identifiers,
-                        warnings=tuple(warnings))
+                        warnings=tuple(warnings), modality_values=values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +362,10 @@ def _decode_first_frame(ds: Dataset, tsyntax: uid.UID, name: str) -> tuple[np.nd
 # --------------------------------------------------------------------------------------------
 # Grayscale
 
-def _to_gray(arr: np.ndarray, ds: Dataset, photometric: str, name: str, warnings: list[str]) -> np.ndarray:
+def _to_gray(arr: np.ndarray, ds: Dataset, photometric: str, name: str, warnings: list[str]
+             ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Gray in [0, 1] (white = dense) and, for MONOCHROME images, the modality-LUT values."""
+    values = None
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim != 2:
             raise CorruptImageError(name, f"a {photometric} frame decoded to shape {arr.shape}, not 2-D")
@@ -380,7 +383,7 @@ def _to_gray(arr: np.ndarray, ds: Dataset, photometric: str, name: str, warnings
         raise UnsupportedFormatError(
             name, f"Photometric Interpretation (0028,0004) '{photometric}' (decoded shape {arr.shape}) "
                   "is not supported")
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32), (None if values is None else np.asarray(values, np.float32))
 
 
 def _voi_to_unit(values: np.ndarray, ds: Dataset, warnings: list[str]) -> np.ndarray:

@@ -81,7 +81,9 @@ def decode_study(data: bytes, name: str, image_size: Optional[int], display_max_
     image = read_image(data, name)
     model_input = Preprocessing(image_size=image_size).resize(image.pixels) if image_size else None
     display = shrink_to(image.pixels, display_max_side) if display_max_side > 0 else np.empty((0, 0), np.float32)
-    return DecodedStudy(replace(image, pixels=display), model_input)
+    raw = image.modality_values
+    raw = shrink_to(raw, display_max_side) if raw is not None and display_max_side > 0 else None
+    return DecodedStudy(replace(image, pixels=display, modality_values=raw), model_input)
 
 
 # ------------------------------------------------------------------------------------------------
