@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pydicom  # noqa: F401  imported once here: pydicom's package imports itself circularly, and two
+#                 page threads (a page and the inbox fragment) importing it at once can each see it half-made
 import streamlit as st
 
 from dashboard import resources, sidebar, state

@@ -149,3 +149,21 @@ def compare_roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]
                          line=dict(color=SERIES_COLORS[i % len(SERIES_COLORS)], width=2, shape="hv")))
     return _figure(data, "ROC curves", "1 - specificity (false-positive rate)",
                    "Sensitivity (true-positive rate)", square=True)
+
+
+def linked_views(original: np.ndarray, overlay: np.ndarray, titles: Sequence[str]) -> go.Figure:
+    """The radiograph and its overlay side by side with linked axes: zooming or panning one moves the
+    other (Plotly's ``matches``); double-click resets. Images are RGB uint8 of the same shape."""
+    h, w = original.shape[:2]
+    axis = dict(showticklabels=False, showgrid=False, zeroline=False)
+    return go.Figure({
+        "data": [dict(type="image", z=original, xaxis="x", yaxis="y", hoverinfo="skip"),
+                 dict(type="image", z=overlay, xaxis="x2", yaxis="y2", hoverinfo="skip")],
+        "layout": dict(
+            xaxis=dict(domain=[0.0, 0.495], range=[0, w], **axis),
+            yaxis=dict(range=[h, 0], scaleanchor="x", **axis),
+            xaxis2=dict(domain=[0.505, 1.0], matches="x", **axis),
+            yaxis2=dict(matches="y", scaleanchor="x2", **axis),
+            annotations=[dict(text=t, x=x, y=1.0, xref="paper", yref="paper", showarrow=False, yanchor="bottom")
+                         for t, x in zip(titles, (0.25, 0.75))],
+            height=520, margin=dict(l=0, r=0, t=28, b=0), dragmode="zoom")})

@@ -329,6 +329,11 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     assert any("opacity 0.80" in c for img in app.image for c in img.captions)
     app.slider(key="rv_min_heat").set_value(0.5).run()
     assert any("heat ≥ 0.50" in c for img in app.image for c in img.captions)
+    app.toggle(key="rv_linked").set_value(True).run()                # linked zoom: one figure, two views
+    linked = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert [d["type"] for d in linked["data"]] == ["image", "image"]
+    assert linked["layout"]["xaxis2"]["matches"] == "x" and linked["layout"]["yaxis2"]["matches"] == "y"
+    app.toggle(key="rv_linked").set_value(False).run()
     assert calls.explained == 1                                   # display changes reuse the heatmap
 
     app.slider(key="threshold").set_value(0.0).run()              # every study flagged

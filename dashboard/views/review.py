@@ -12,7 +12,7 @@ from engine.explain import METHODS
 from engine.overlay import COLORMAPS, colour_scale
 from engine.store import StoreError
 
-from dashboard import imaging, pacs_panel, resources, state, worklist
+from dashboard import figures, imaging, pacs_panel, resources, state, worklist
 
 PICK = "review_pick"
 NOTE_KEY = "review_note"
@@ -166,6 +166,8 @@ def render() -> None:
                               help="Grad-CAM is fast; the others take seconds on a CPU.")
         cmap = d2.selectbox("Colormap", list(COLORMAPS), key="rv_cmap", persist_state="session")
         opacity = d3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="rv_opacity", persist_state="session")
+        linked = st.toggle("Linked zoom and pan (original and overlay move together)", key="rv_linked",
+                           persist_state="session")
         min_heat = st.slider("Overlay only where heat ≥", 0.0, 0.9, 0.2, 0.05, key="rv_min_heat",
                              persist_state="session",
                              help="Leaves the radiograph untinted where the explanation is weak "
@@ -181,12 +183,22 @@ def render() -> None:
     original, overlay, alone = imaging.review_panels(shown, heat, colormap=cmap, opacity=opacity,
                                                      min_heat=min_heat)
 
-    c1, c2, c3 = st.columns([5, 5, 4])
-    c1.image(original, caption=f"{rec.name} ({window_text})", width="stretch")
-    c2.image(overlay, caption=f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, "
-                              f"heat ≥ {min_heat:.2f})", width="stretch")
-    c2.image(colour_scale(cmap, 256, 10), width="stretch",
-             caption="heat 0 → 1: evidence for pneumonia, scaled within this image")
+    overlay_text = (f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, "
+                    f"heat ≥ {min_heat:.2f})")
+    if linked:
+        views, c3 = st.columns([10, 4])
+        views.plotly_chart(figures.linked_views(original, overlay, ("Original", "Overlay")),
+                           key="rv_linked_views", config={"scrollZoom": True, "displaylogo": False})
+        views.caption(f"Original: {rec.name} ({window_text}) · overlay: {overlay_text}")
+        views.image(colour_scale(cmap, 256, 10), width=300,
+                    caption="heat 0 → 1: evidence for pneumonia, scaled within this image · drag to zoom, "
+                            "double-click to reset; both views move together")
+    else:
+        c1, c2, c3 = st.columns([5, 5, 4])
+        c1.image(original, caption=f"{rec.name} ({window_text})", width="stretch")
+        c2.image(overlay, caption=overlay_text, width="stretch")
+        c2.image(colour_scale(cmap, 256, 10), width="stretch",
+                 caption="heat 0 → 1: evidence for pneumonia, scaled within this image")
     with c3:
         p = rec.probability
         s1, s2 = st.columns(2)
