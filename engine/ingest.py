@@ -81,7 +81,7 @@ def cached_item(store: Store, name: str, sha256: str) -> InputItem:
             return store.read_file(sha256)
         except StoreError as exc:
             raise ImageReadError(name, str(exc)) from None
-    return InputItem(name, read)
+    return InputItem(name, read, sha256=sha256)
 
 
 def ingest(store: Store, worklist: Optional[Worklist], items: Iterable[InputItem], *, source: str = "upload",

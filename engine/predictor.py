@@ -267,7 +267,7 @@ class Predictor:
             return _Decoded(item.name, error=str(exc))
         except Exception as exc:  # a source bug must not take the batch down
             return _Decoded(item.name, error=f"{item.name}: cannot be read ({type(exc).__name__})")
-        digest = hashlib.sha256(data).hexdigest()
+        digest = item.sha256 or hashlib.sha256(data).hexdigest()
         pool = self.pool or default_pool()
         try:
             study = pool.decode(data, item.name, image_size=self.prep.image_size,

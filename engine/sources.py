@@ -45,6 +45,7 @@ class InputItem:
     name: str
     read: Callable[[], bytes]
     error: str = ""
+    sha256: str = ""        # when already known (a file from the store's cache): not hashed again
 
 
 def error_item(name: str, reason: str) -> InputItem:

@@ -317,3 +317,40 @@ def test_window_level_in_the_dicoms_own_units_with_presets_and_invert():
     np.testing.assert_allclose(flipped, 1 - shown, atol=1e-6)
     narrow = imaging.window_units(raw, 15000.0, 2000.0, monochrome1=False, invert=False)
     assert set(np.unique(narrow[(raw < 14000) | (raw > 16000)])) <= {0.0, 1.0}    # outside the window: clipped
+
+
+def test_one_read_and_one_hash_per_file_from_upload_to_score(store, monkeypatch):
+    """An upload is read once and hashed once; scoring reads the cached copy once and decodes it once."""
+    import hashlib as real_hashlib
+    from engine import ingest as I, predictor as P, store as S
+    from engine.decode.pool import DecodePool
+    from engine.predictor import Predictor
+    counts = {"upload reads": 0, "hashes": 0, "cache reads": 0, "decodes": 0}
+    _, wl = store.create_worklist()                # (its token is hashed too: before counting)
+    predictor = Predictor.from_checkpoint()
+
+    class CountingHashlib:
+        @staticmethod
+        def sha256(data=b""):
+            counts["hashes"] += 1
+            return real_hashlib.sha256(data)
+
+    for module in (S, P, I):
+        monkeypatch.setattr(module, "hashlib", CountingHashlib, raising=False)
+    real_read_file, real_decode = Store.read_file, DecodePool.decode
+    monkeypatch.setattr(Store, "read_file", lambda self, sha: (counts.__setitem__("cache reads", counts["cache reads"] + 1),
+                                                                 real_read_file(self, sha))[1])
+    monkeypatch.setattr(DecodePool, "decode", lambda self, *a, **k: (counts.__setitem__("decodes", counts["decodes"] + 1),
+                                                                      real_decode(self, *a, **k))[1])
+
+    def upload(path):
+        data = path.read_bytes()
+        def read():
+            counts["upload reads"] += 1
+            return data
+        return B.Upload(path.name, path.name, len(data), read)
+
+    files = JPEGS[:3]
+    B.ingest_uploads(store, wl, [upload(p) for p in files])
+    B.score_worklist(store, wl, predictor, "m")
+    assert counts == {"upload reads": 3, "hashes": 3, "cache reads": 3, "decodes": 3}, counts
