@@ -27,6 +27,7 @@ CARD_VERSION = 1
 INTENDED_USE = ("Decision support and research only: flags chest radiographs for review and shows "
                 "where the network looked. It is not a diagnostic device and has not been cleared "
                 "by any regulator; a clinician makes every diagnosis.")
+ENSEMBLE = "ensemble"   # the architecture name of a deep-ensemble checkpoint (models.ensemble)
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "models" / "default"
 # $CXR_MODEL_DIR points every entry point (CLI, dashboard) at another checkpoint folder.
 DEFAULT_MODEL_DIR = Path(os.environ.get("CXR_MODEL_DIR") or SHIPPED_MODEL_DIR)
@@ -108,15 +109,14 @@ def load_checkpoint(ckpt_dir: str | Path | None = None,
     """Build the card's architecture and load its weights (float32, eval mode)."""
     from safetensors.torch import load_file
 
-    from models import UnknownArchitecture, build_model
+    from models import UnknownArchitecture
     folder = Path(ckpt_dir) if ckpt_dir else DEFAULT_MODEL_DIR
     card = read_card(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"'{folder}' has no {WEIGHTS_FILE}")
     try:
-        model = build_model(card.architecture, in_channels=card.preprocessing.in_channels,
-                            num_classes=len(card.class_names))
+        model = _build(card)
     except UnknownArchitecture as exc:
         raise CheckpointError(f"{folder / CARD_FILE}: {exc}") from None
     try:
@@ -133,6 +133,21 @@ def load_checkpoint(ckpt_dir: str | Path | None = None,
             f"(in_channels={card.preprocessing.in_channels}, classes={len(card.class_names)}): "
             + " ".join(first)) from None
     return model.eval(), card
+
+
+def _build(card: ModelCard) -> "nn.Module":
+    """The card's network, untrained: one architecture, or an ensemble of the members its card lists."""
+    from models import build_model
+    channels, classes = card.preprocessing.in_channels, len(card.class_names)
+    spec = card.extra.get("ensemble")
+    if card.architecture != ENSEMBLE:
+        return build_model(card.architecture, in_channels=channels, num_classes=classes)
+    if not spec or len(spec.get("members") or []) < 2:
+        raise CheckpointError(f"an '{ENSEMBLE}' card must list at least two members under 'ensemble.members'")
+    from models.ensemble import EnsembleNet
+    members = spec["members"]
+    return EnsembleNet([build_model(m["architecture"], in_channels=channels, num_classes=classes) for m in members],
+                       [float(m.get("temperature", 1.0)) for m in members], [m["architecture"] for m in members])
 
 
 def load_val_predictions_path(ckpt_dir: str | Path) -> Optional[Path]:

@@ -13,6 +13,7 @@ the predictor shares between sessions, and a lock makes concurrent calls safe.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import threading
 from typing import Optional, Sequence
 
@@ -64,6 +65,13 @@ class Explainer:
                  layer: Optional[str] = None) -> None:
         self.card = card
         self.policy = policy or select_policy()
+        from models.ensemble import EnsembleNet
+        self._members: list["Explainer"] = []
+        if isinstance(model, EnsembleNet):   # each member at its own layer; the maps are averaged
+            self._members = [Explainer(m, replace(card, architecture=arch), self.policy)
+                             for m, arch in zip(model.members, model.architectures)]
+            self.layer_name = self._members[0].layer_name
+            return
         net = self.policy.prepare_model(copy.deepcopy(model).eval())
         for p in net.parameters():
             p.requires_grad_(False)   # gradients flow to activations only, never accumulate in weights
@@ -76,6 +84,9 @@ class Explainer:
         """Heatmaps (N, S, S) in [0, 1] for a normalised batch (N, C, S, S)."""
         if method not in METHODS:
             raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+        if self._members:
+            maps = np.mean([m.explain(batch, method) for m in self._members], axis=0)
+            return (maps / np.maximum(maps.reshape(len(maps), -1).max(1), 1e-12)[:, None, None]).astype(np.float32)
         x = self.policy.to_device(batch.float()).requires_grad_(method != "gradcam")
         size = tuple(x.shape[-2:])
         with self._lock, torch.enable_grad(), self.policy.autocast():
