@@ -152,7 +152,7 @@ def per_file(ls: LabelledSet, threshold: float) -> pd.DataFrame:
     """One row per scored study: file, label, probability, flag and outcome (TP/FP/FN/TN) at ``threshold``,
     errors (false positives, then false negatives) first, each by how wrong it is."""
     y, s = ls.labels, ls.scores
-    flagged = s >= threshold
+    flagged = M.flagged(s, threshold)
     outcome = np.where(flagged, np.where(y == 1, "TP", "FP"), np.where(y == 1, "FN", "TN"))
     files = list(ls.files) if len(ls.files) == len(y) else [f"#{i + 1}" for i in range(len(y))]
     shas = list(ls.sha256s) if len(ls.sha256s) == len(y) else [""] * len(y)

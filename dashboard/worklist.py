@@ -18,6 +18,7 @@ import pandas as pd
 
 from dashboard.batch import StudyRecord
 from engine.csvsafe import csv_safe as _csv_safe
+from engine import metrics as M
 
 IDENTIFIER_COLUMNS = ("patient_name", "patient_id", "birth_date", "accession_number", "institution")
 BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "review", "study_date",
@@ -99,7 +100,7 @@ def flags(df: pd.DataFrame, threshold: float) -> np.ndarray:
     """Boolean per row: readable and ``probability >= threshold``."""
     prob = df["probability"].to_numpy()
     with np.errstate(invalid="ignore"):
-        return df["_readable"].to_numpy() & (prob >= threshold)
+        return df["_readable"].to_numpy() & M.flagged(prob, threshold)
 
 
 def counts(df: pd.DataFrame, threshold: float) -> Counts:

@@ -43,6 +43,7 @@ from typing import Iterator, Optional, Sequence
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.errors import CheckpointError
 from engine.predict import CSV_COLUMNS, IDENTIFIER_COLUMNS
+from engine.metrics import flagged as flag_rule
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def consolidate(out: Path, order: dict[str, float], threshold: float, *, include
         ok = r["status"] == "ok"
         final.append({**{c: r.get(c) or "" for c in columns},
                       "probability": r["probability"] if ok else None,
-                      "flagged": (r["probability"] >= threshold) if ok else None, "threshold": threshold})
+                      "flagged": flag_rule(r["probability"], threshold) if ok else None, "threshold": threshold})
     types = {"probability": pa.float64(), "flagged": pa.bool_(), "threshold": pa.float64()}
     schema = pa.schema([(c, types.get(c, pa.string())) for c in columns])
     tmp = out / "predictions.parquet.tmp"

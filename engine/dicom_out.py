@@ -53,6 +53,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import highdicom as hd
+from engine.metrics import flagged as flag_rule
 
 
 MANUFACTURER = "CXR Triage (open source)"
@@ -110,7 +111,7 @@ class Finding:
 
     @property
     def flagged(self) -> bool:
-        return self.probability >= self.threshold
+        return flag_rule(self.probability, self.threshold)
 
 
 def source_header(data: bytes, name: str = "the file") -> Dataset:

@@ -166,6 +166,14 @@ class Confusion:
 RATIO_NAMES = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
 
 
+def flagged(probability, threshold: float):
+    """The product's one flag rule: a study is flagged when ``probability >= threshold`` (a bool for a
+    number, a boolean array for an array). Every module that flags calls this."""
+    if isinstance(probability, (int, float)):
+        return float(probability) >= float(threshold)
+    return np.asarray(probability, dtype=float) >= threshold
+
+
 def confusion_at(labels, scores, threshold: float) -> Confusion:
     y, s = _as_arrays(labels, scores)
     pred = s >= threshold

@@ -26,6 +26,7 @@ from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.csvsafe import anonymous_name, csv_safe
 from engine.errors import CheckpointError
 from engine.sources import iter_inputs
+from engine.metrics import flagged as flag_rule
 
 CSV_COLUMNS = ["file", "status", "message", "probability", "flagged", "threshold", "model",
                "warnings", "modality", "view_position", "sha256"]
@@ -74,7 +75,7 @@ def prediction_row(pred, threshold: float, model_label: str, *, label: Optional[
     """One CSV row (strings, as written) for a Prediction: the one writer of every results row."""
     label = pred.name if label is None else label
     message = pred.message.replace(pred.name, label) if label != pred.name else pred.message
-    flagged = pred.ok and pred.probability >= threshold
+    flagged = pred.ok and flag_rule(pred.probability, threshold)
     row = {"file": label, "status": pred.status, "message": message,
            "probability": repr(pred.probability) if pred.ok else "",
            "flagged": ("yes" if flagged else "no") if pred.ok else "",
@@ -148,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if dicom_out is not None:
                 dicom_out.add(next(sources), pred)
             counts[pred.status] += 1
-            flagged = pred.ok and pred.probability >= threshold
+            flagged = pred.ok and flag_rule(pred.probability, threshold)
             counts["flagged"] += int(flagged)
             label = anonymous_name(pred.name) if args.anonymise_names else pred.name
             row = prediction_row(pred, threshold, model_label, label=label,

@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 
 from engine import limits
 from engine.pacs import SOURCE_RECEIVER, Destination, PacsError, parse_destination, send, study_name
+from engine.metrics import flagged as flag_rule
 
 log = logging.getLogger("engine.receive")
 
@@ -234,7 +235,7 @@ class Receiver:
             if pred.ok:
                 thr = self.writer.threshold
                 log.info("scored %s: P(pneumonia) %.3f (%s at %.3f)", name, pred.probability,
-                         "flagged" if pred.probability >= thr else "not flagged", thr)
+                         "flagged" if flag_rule(pred.probability, thr) else "not flagged", thr)
             else:
                 log.warning("scored %s: refused by the decoder (%s)", name,
                             pred.message.replace(pred.name + ": ", "")[:300])

@@ -203,7 +203,7 @@ def write_figures(out: Path, labels: np.ndarray, probs: np.ndarray, threshold: f
 
 def pick_gradcam(labels: np.ndarray, probs: np.ndarray, threshold: float, k: int) -> dict[str, list[int]]:
     """Indices of the (at most k) most confident images of each group TP, TN, FP, FN."""
-    flagged = probs >= threshold
+    flagged = M.flagged(probs, threshold)
     masks = {"TP": (labels == 1) & flagged, "TN": (labels == 0) & ~flagged,
              "FP": (labels == 0) & flagged, "FN": (labels == 1) & ~flagged}
     picked = {}

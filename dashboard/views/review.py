@@ -11,6 +11,7 @@ from engine.errors import ImageReadError
 from engine.explain import METHODS
 from engine.overlay import COLORMAPS, colour_scale
 from engine.store import StoreError
+from engine import metrics as M
 
 from dashboard import figures, imaging, pacs_panel, resources, state, worklist
 
@@ -78,7 +79,7 @@ def _record(study_id: int, decision: str, rec, model_label: str, thr: float, que
 
 def _review_form(rec, model_label: str, thr: float, queue: list[str]) -> None:
     """Agree / disagree as two buttons (A, D): a decision is always an explicit choice."""
-    flagged = rec.probability >= thr
+    flagged = M.flagged(rec.probability, thr)
     st.markdown(f"**Your review.** The model {'flags' if flagged else 'does not flag'} this study at "
                 f"{thr:.3f}. Do you agree?")
     st.text_input("Note (optional; no patient identifiers)", key=NOTE_KEY, max_chars=2000)
@@ -146,7 +147,7 @@ def render() -> None:
               help="Previous flagged study (P)")
     n2.selectbox("Study", readable, key=PICK, on_change=_picked, label_visibility="collapsed",
                  format_func=lambda s: f"{names.get(s, s[:12])} — {probs[s]:.3f}"
-                                       + (" ⚑" if probs[s] >= thr else "") + (" ✓" if s in reviewed else ""))
+                                       + (" ⚑" if M.flagged(probs[s], thr) else "") + (" ✓" if s in reviewed else ""))
     n3.button("Next", icon=":material/arrow_forward:", key="next_flagged", shortcut="N",
               on_click=_step, args=(flagged, readable, +1), disabled=not flagged, width="stretch",
               help="Next flagged study (N)")
@@ -204,7 +205,7 @@ def render() -> None:
         s1, s2 = st.columns(2)
         s1.metric("Probability of pneumonia", f"{p:.3f}")
         s2.metric("Threshold", f"{thr:.3f}", delta=f"{p - thr:+.3f} probability − threshold", delta_color="off")
-        st.markdown(f"At this threshold: **{'FLAGGED' if p >= thr else 'not flagged'}**")
+        st.markdown(f"At this threshold: **{'FLAGGED' if M.flagged(p, thr) else 'not flagged'}**")
         _review_form(rec, f"{pred.card.name} {pred.card.version}".strip(), thr, queue)
         for w in rec.warnings:              # below the decision, so it stays in view at 1440x900
             st.warning(w, icon=":material/warning:")

@@ -34,6 +34,7 @@ import numpy as np
 
 from engine.backends import artefacts, cpu_info
 from engine.checkpoint import DEFAULT_MODEL_DIR, VAL_PREDICTIONS_FILE, ModelCard, read_card
+from engine.metrics import flagged as flag_rule
 
 GATE = {"max_probability_difference": 0.02, "auc_difference": 0.002, "flag_agreement": 0.99}
 RECIPE = ("QDQ, per-channel int8 weights, uint8 activations, MinMax calibration; Conv only; int8: layer4 "
@@ -123,8 +124,8 @@ def agreement(p_ref: np.ndarray, p_new: np.ndarray, labels: np.ndarray, threshol
     auc_new = metrics.roc_auc(labels, p_new) if both else float("nan")
     return {"n": int(len(p_ref)), "max_probability_difference": float(np.abs(p_new - p_ref).max()),
             "auc_float32": auc_ref, "auc": auc_new, "auc_difference": abs(auc_new - auc_ref),
-            "flag_agreement": float(np.mean((p_new >= threshold) == (p_ref >= threshold))),
-            "flags_changed": int(np.sum((p_new >= threshold) != (p_ref >= threshold)))}
+            "flag_agreement": float(np.mean(flag_rule(p_new, threshold) == flag_rule(p_ref, threshold))),
+            "flags_changed": int(np.sum(flag_rule(p_new, threshold) != flag_rule(p_ref, threshold)))}
 
 
 def passes(a: dict) -> bool:
