@@ -68,9 +68,9 @@ def main(argv=None) -> int:
     calls = {"images": 0}
     original = Predictor.score_arrays
 
-    def counting(self, resized, batch_size=64):
+    def counting(self, resized, batch_size=64, **kwargs):
         calls["images"] += len(resized)
-        return original(self, resized, batch_size)
+        return original(self, resized, batch_size, **kwargs)
 
     Predictor.score_arrays = counting
     try:

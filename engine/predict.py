@@ -183,7 +183,10 @@ def _write_heatmaps(explainer, predictor, pending: list, folder: Path, used: set
     """Heatmaps of (label, prediction) pairs; the image is the worker's display copy."""
     import cv2
     from engine.overlay import side_by_side
-    maps = explainer.explain_images([p.model_input for _, p in pending])
+    if explainer.explains_stages and all(p.stage_input is not None for _, p in pending):
+        maps = explainer.explain_stages([p.stage_input for _, p in pending])   # layer4 onwards only
+    else:
+        maps = explainer.explain_images([p.model_input for _, p in pending])
     for (label, pred), heat in zip(pending, maps):
         rgb = side_by_side(pred.image.pixels, heat)
         cv2.imwrite(str(folder / safe_png_name(label, used)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -56,6 +56,7 @@ class Prediction:
     image: Optional[DecodedImage] = None          # ``keep_images=True``: pixels are a display copy
     model_input: Optional[np.ndarray] = None      # ``keep_images=True``: the (S, S) network input
     ood_distance: Optional[float] = None          # feature distance from the training images (engine.ood)
+    stage_input: Optional[np.ndarray] = None      # ``keep_images=True`` on ONNX: the last stage's input (Grad-CAM)
 
     @property
     def ok(self) -> bool:
@@ -235,24 +236,37 @@ class Predictor:
         """Probabilities for images already resized to the input size (S, S) in [0, 1]."""
         return self.score_arrays(resized, batch_size)[0]
 
-    def score_arrays(self, resized: Sequence[np.ndarray], batch_size: int = 64
-                     ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """Probabilities and, when the checkpoint carries an OOD score, each image's feature distance."""
-        probs, dists = [], []
+    def score_arrays(self, resized: Sequence[np.ndarray], batch_size: int = 64, *, keep_stage: bool = False):
+        """Probabilities and, when the checkpoint carries an OOD score, each image's feature distance;
+        with ``keep_stage`` also each image's last-stage input (ONNX graphs of ResNets, else None),
+        from which Grad-CAM needs to run only the last stage: ``(probs, distances[, stages])``."""
+        probs, dists, stages = [], [], []
         runner = self.runner
         if getattr(runner, "compiled", False) and runner.compiled_batch is None:
             runner.compiled_batch = batch_size
         want = self.ood is not None and hasattr(runner, "outputs_np")
+        want_stage = keep_stage and hasattr(runner, "run_all")
         for i in range(0, len(resized), batch_size):
             x = self.prep.normalize_np(np.stack(resized[i:i + batch_size]))
-            logits, features = runner.outputs_np(x) if want else (runner.logits_np(x), None)
+            if want_stage:
+                out = runner.run_all(x)
+                logits, features = out["logits"], out.get("features") if want else None
+                if "stage_input" in out:
+                    stages.extend(out["stage_input"])
+                else:
+                    want_stage = False
+            else:
+                logits, features = runner.outputs_np(x) if want else (runner.logits_np(x), None)
             probs.append(_softmax_positive(logits, self.card.temperature, self.card.positive_index))
             if features is not None:
                 dists.append(self.ood.distances(features))
             else:
                 want = False
         p = np.concatenate(probs) if probs else np.empty(0)
-        return p, (np.concatenate(dists) if want and dists else None)
+        d = np.concatenate(dists) if want and dists else None
+        if keep_stage:
+            return p, d, (stages if want_stage and len(stages) == len(p) else None)
+        return p, d
 
     def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Probabilities for decoded images of any size (float32 [0, 1] grayscale)."""
@@ -290,13 +304,17 @@ class Predictor:
         def flush() -> Iterator[Prediction]:
             nonlocal done
             good = [d for d in ready if d.tensor is not None]
-            p, dist = self.score_arrays([d.tensor for d in good], batch_size) if good else ([], None)
+            scores = self.score_arrays([d.tensor for d in good], batch_size, keep_stage=keep_images) \
+                if good else ([], None)
+            p, dist, stage = scores[0], scores[1], (scores[2] if len(scores) > 2 else None)
             probs = iter(p)
             dists = iter(dist if dist is not None else [None] * len(good))
+            stages = iter(stage if stage is not None else [None] * len(good))
             for d in ready:
                 done += 1
                 scored = d.tensor is not None
-                yield self._to_prediction(d, next(probs) if scored else None, next(dists) if scored else None)
+                yield self._to_prediction(d, next(probs) if scored else None, next(dists) if scored else None,
+                                          next(stages) if scored else None)
             ready.clear()
             if progress is not None:
                 progress(done, total)
@@ -318,7 +336,8 @@ class Predictor:
     def predict_items(self, items: Iterable[InputItem], **kwargs) -> list[Prediction]:
         return list(self.predict_stream(items, **kwargs))
 
-    def _to_prediction(self, d: _Decoded, prob: Optional[float], distance: Optional[float] = None) -> Prediction:
+    def _to_prediction(self, d: _Decoded, prob: Optional[float], distance: Optional[float] = None,
+                       stage: Optional[np.ndarray] = None) -> Prediction:
         if d.error:
             return Prediction(d.item_name, "error", None, d.error, sha256=d.sha256)
         img = d.image
@@ -329,4 +348,4 @@ class Predictor:
             warnings = warnings + (note,)
         return Prediction(d.item_name, "ok", float(prob), "", warnings, d.sha256, img.metadata,
                           img.identifiers, img if kept else None, d.tensor if kept else None,
-                          None if distance is None else float(distance))
+                          None if distance is None else float(distance), stage if kept else None)

@@ -74,9 +74,9 @@ def calls(monkeypatch) -> Calls:
     c = Calls()
     predict, explain = Predictor.score_arrays, Explainer.explain_images
 
-    def counted_predict(self, resized, batch_size=64):   # every probability goes through score_arrays
+    def counted_predict(self, resized, batch_size=64, **kwargs):   # every probability goes through score_arrays
         c.scored += len(resized)
-        return predict(self, resized, batch_size)
+        return predict(self, resized, batch_size, **kwargs)
 
     def counted_explain(self, resized, method="gradcam", batch_size=32):
         c.explained += len(resized)

@@ -124,3 +124,20 @@ def test_two_threads_give_the_sequential_maps():
         t.join()
     for i in range(2):
         assert_close(together[i], sequential[i], 1e-6, f"heatmaps of thread {i}")
+
+
+def test_grad_cam_from_the_graphs_last_stage_input_equals_grad_cam_on_the_whole_network():
+    """The exported graph returns layer3's output with each prediction; Captum on layer4 and the head
+    alone gives the same maps as on the whole network (float32: no precision difference)."""
+    from engine.device import plain_policy
+    from engine.predictor import Predictor
+    from engine.sources import iter_inputs
+    from helpers import DICOMS, JPEGS, SHIPPED_MODEL
+    predictor = Predictor.from_checkpoint(SHIPPED_MODEL, backend="onnx")
+    preds = list(predictor.predict_stream(iter_inputs([*JPEGS[:6], *DICOMS]), keep_images=True))
+    assert all(p.stage_input is not None and p.stage_input.shape == (256, 14, 14) for p in preds)
+    explainer = Explainer(predictor.model, predictor.card, plain_policy())
+    assert explainer.explains_stages
+    whole = explainer.explain_images([p.model_input for p in preds])
+    stage = explainer.explain_stages([p.stage_input for p in preds])
+    np.testing.assert_allclose(stage, whole, atol=1e-4)

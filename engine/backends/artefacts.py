@@ -27,7 +27,7 @@ from engine.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 # Bump when the export (folding, opset, graph shape) changes: old artefacts are then ignored.
-EXPORT_VERSION = "onnx-v2-opset17-bnfolded-features"   # v2: a second output, the penultimate features
+EXPORT_VERSION = "onnx-v3-opset17-bnfolded-features-stage4in"   # v2: features output; v3: the last stage's input
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_REPORT = "int8_report.json"
@@ -123,10 +123,12 @@ def _export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
         # must not have its random stream depend on whether the graph was already cached.
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
+            with torch.no_grad():
+                n_out = len(net(example))
+            names = ["logits", "features", "stage_input"][:n_out]
             torch.onnx.export(net, (example,), tmp, dynamo=False, input_names=["input"],
-                              output_names=["logits", "features"], opset_version=17,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"},
-                                            "features": {0: "batch"}})
+                              output_names=names, opset_version=17,
+                              dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}})
     _atomic_write(out, write)
     return out
 

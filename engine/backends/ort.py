@@ -38,7 +38,12 @@ class OrtRunner:
 
     def outputs_np(self, batch: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Logits and, when the graph has them (exports from version 2 on), the penultimate features."""
+        out = self.run_all(batch)
+        return out["logits"], out.get("features")
+
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph by name: logits, features and (ResNets, export v3) stage_input."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        names = [o.name for o in self.session.get_outputs()]
         out = self.session.run(None, {self.input_name: x})
-        features = out[1].astype(np.float32, copy=False) if len(out) > 1 else None
-        return out[0].astype(np.float32, copy=False), features
+        return {n: v.astype(np.float32, copy=False) for n, v in zip(names, out)}

@@ -99,14 +99,33 @@ def classifier_input(net: nn.Module) -> Iterator[list[torch.Tensor]]:
         hook.remove()
 
 
+CAM_ENTRY = "layer4.0.conv1"   # the first module of a ResNet's last stage: its input is layer3's output
+
+
+def cam_entry(net: nn.Module) -> Optional[nn.Module]:
+    """The module whose input is the last stage's input (ResNets), or None for other networks."""
+    try:
+        return net.get_submodule(CAM_ENTRY)
+    except AttributeError:
+        return None
+
+
 class WithFeatures(nn.Module):
-    """``net`` returning (logits, penultimate features): what the exported graph computes."""
+    """``net`` returning (logits, penultimate features[, the last stage's input]): what the exported
+    graph computes. The third output lets Grad-CAM run Captum on the last stage alone."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with classifier_input(self.net) as captured:
-            logits = self.net(x)
-        return logits, captured[0]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        entry = cam_entry(self.net)
+        stage_input: list[torch.Tensor] = []
+        hook = entry.register_forward_pre_hook(lambda m, args: stage_input.append(args[0])) if entry else None
+        try:
+            with classifier_input(self.net) as captured:
+                logits = self.net(x)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return (logits, captured[0], stage_input[0]) if stage_input else (logits, captured[0])
