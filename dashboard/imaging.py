@@ -46,5 +46,5 @@ def window_presets(raw: np.ndarray, center: Optional[float], width: Optional[flo
 def window_units(raw: np.ndarray, center: float, width: float, *, monochrome1: bool, invert: bool) -> np.ndarray:
     """Display gray in [0, 1] (white = dense) from DICOM values, a window in the same units, and the
     photometric interpretation (MONOCHROME1 stores dense as low); ``invert`` flips the result."""
-    out = np.clip((raw.astype(np.float32) - (center - width / 2.0)) / max(width, 1e-6), 0.0, 1.0)
+    out = window_level(raw.astype(np.float32), center, width)      # the same window, in the file's units
     return 1.0 - out if monochrome1 != invert else out

@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import NamedTuple, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -61,6 +61,14 @@ class Prediction:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+class Scores(NamedTuple):
+    """What one pass of the network gives for a list of images."""
+
+    probabilities: np.ndarray
+    distances: Optional[np.ndarray] = None        # feature distance per image (engine.ood), if fitted
+    stage_inputs: Optional[list] = None           # the last stage's input per image (Grad-CAM), if asked
 
 
 @dataclass
@@ -234,12 +242,13 @@ class Predictor:
 
     def predict_arrays(self, resized: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Probabilities for images already resized to the input size (S, S) in [0, 1]."""
-        return self.score_arrays(resized, batch_size)[0]
+        return self.score_arrays(resized, batch_size).probabilities
 
-    def score_arrays(self, resized: Sequence[np.ndarray], batch_size: int = 64, *, keep_stage: bool = False):
-        """Probabilities and, when the checkpoint carries an OOD score, each image's feature distance;
-        with ``keep_stage`` also each image's last-stage input (ONNX graphs of ResNets, else None),
-        from which Grad-CAM needs to run only the last stage: ``(probs, distances[, stages])``."""
+    def score_arrays(self, resized: Sequence[np.ndarray], batch_size: int = 64, *,
+                     keep_stage: bool = False) -> "Scores":
+        """Probabilities; each image's feature distance when the checkpoint carries an OOD score; and
+        with ``keep_stage`` each image's last-stage input (ONNX graphs of ResNets), from which Grad-CAM
+        needs to run only the last stage. Absent parts are None."""
         probs, dists, stages = [], [], []
         runner = self.runner
         if getattr(runner, "compiled", False) and runner.compiled_batch is None:
@@ -263,10 +272,8 @@ class Predictor:
             else:
                 want = False
         p = np.concatenate(probs) if probs else np.empty(0)
-        d = np.concatenate(dists) if want and dists else None
-        if keep_stage:
-            return p, d, (stages if want_stage and len(stages) == len(p) else None)
-        return p, d
+        return Scores(p, np.concatenate(dists) if want and dists else None,
+                      stages if want_stage and len(stages) == len(p) else None)
 
     def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Probabilities for decoded images of any size (float32 [0, 1] grayscale)."""
@@ -304,9 +311,8 @@ class Predictor:
         def flush() -> Iterator[Prediction]:
             nonlocal done
             good = [d for d in ready if d.tensor is not None]
-            scores = self.score_arrays([d.tensor for d in good], batch_size, keep_stage=keep_images) \
-                if good else ([], None)
-            p, dist, stage = scores[0], scores[1], (scores[2] if len(scores) > 2 else None)
+            p, dist, stage = self.score_arrays([d.tensor for d in good], batch_size, keep_stage=keep_images) \
+                if good else Scores(np.empty(0))
             probs = iter(p)
             dists = iter(dist if dist is not None else [None] * len(good))
             stages = iter(stage if stage is not None else [None] * len(good))
