@@ -6,7 +6,7 @@ import pydicom  # noqa: F401  imported once here: pydicom's package imports itse
 #                 page threads (a page and the inbox fragment) importing it at once can each see it half-made
 import streamlit as st
 
-from dashboard import resources, sidebar, state
+from dashboard import resources, sidebar, state, upload_spool
 
 PAGES = (
     ("views/home.py", "Home", ":material/home:"),
@@ -22,7 +22,9 @@ def main() -> None:
                        layout="wide")
     page = st.navigation([st.Page(path, title=title, icon=icon, default=(i == 0))
                           for i, (path, title, icon) in enumerate(PAGES)])
-    state.open_worklist(resources.store())
+    store = resources.store()
+    upload_spool.install(store.root)      # uploaded bytes to disk as they arrive, not the server's memory
+    state.open_worklist(store)
     sidebar.render()
     page.run()
 

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import streamlit as st
 
+from dashboard import upload_spool
 from engine import metrics as M
 
 THRESHOLD = "threshold"          # slider key
@@ -141,17 +142,11 @@ def uploader_key() -> str:
 def renew_uploader(files=()) -> None:
     """Empty the uploader (a new key) and drop the uploaded files from Streamlit's memory.
 
-    Streamlit keeps every uploaded file in memory until the browser session ends, whatever happens to
-    the widget; its chat input drops them right away the same way (``remove_file``). Once the bytes are
-    in the store, the session has no use for them."""
+    Streamlit keeps every uploaded file (in memory, or in the spool: ``dashboard.upload_spool``) until
+    the browser session ends, whatever happens to the widget; its chat input drops them right away the
+    same way (``remove_file``). Once the bytes are in the store, the session has no use for them."""
     st.session_state[_UPLOADER_GEN] = st.session_state.get(_UPLOADER_GEN, 0) + 1
-    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-    ctx = get_script_run_ctx()
-    manager = getattr(ctx, "uploaded_file_mgr", None)
-    if isinstance(manager, MemoryUploadedFileManager):
-        for f in files:
-            manager.remove_file(session_id=ctx.session_id, file_id=f.file_id)
+    upload_spool.remove([f.file_id for f in files])
 
 
 def model_ref():

@@ -5,6 +5,7 @@ files beside it, under one folder:
 
     <root>/store.sqlite3     worklists, studies, results per model, thumbnails, identifiers
     <root>/files/ab/abcdef…  each file's bytes once, named by its SHA-256
+    <root>/spool/<pid>/…     the dashboard's uploads in flight (dashboard.upload_spool), deleted once stored
 
 * **Worklists** are reached by a secret token (the dashboard puts it in its link): only the token's
   SHA-256 is stored, so reading the database does not give anyone the links.

@@ -55,6 +55,10 @@ def test_reload_restart_two_users_and_keyboard_review(browser, tmp_path):
         upload(alice, files)
         token = token_of(alice)
         assert len(token) >= 20
+        # The uploads went through the server's disk spool (not its memory) and left it once stored.
+        spool = store_dir / "spool"
+        assert spool.is_dir() and [p.name for p in spool.iterdir()] == [str(server.proc.pid)]
+        assert not [p for p in spool.rglob("*") if p.is_file()], "uploaded files left in the spool"
 
         alice.reload()                                               # a reload keeps the worklist
         alice.get_by_role("heading", name="Triage", exact=True).wait_for(timeout=MODEL_TIMEOUT_MS)

@@ -6,7 +6,7 @@ import threading
 
 import streamlit as st
 
-from dashboard import pacs_panel, resources, state, worklist
+from dashboard import pacs_panel, resources, state, upload_spool, worklist
 from dashboard.batch import (MAX_ARCHIVE_BYTES, MAX_FILE_BYTES, MAX_FILES, Upload, fmt_mb, ingest_uploads,
                              score_worklist)
 
@@ -58,7 +58,7 @@ def render() -> None:
         bar.progress(done / max(total or done, 1), text=f"Reading and scoring new files: {done:,} of {total:,}")
 
     if files:
-        ingest_uploads(store, wl, [Upload(f.file_id, f.name, f.size, f.getvalue) for f in files])
+        ingest_uploads(store, wl, [Upload(f.file_id, f.name, *upload_spool.reader(f)) for f in files])
         state.renew_uploader(files)     # the bytes are in the store: empty the widget, drop them from memory
     score_worklist(store, wl, pred, ref.key, progress=progress)
     bar.empty()
