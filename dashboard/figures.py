@@ -153,12 +153,14 @@ def compare_roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]
 
 def linked_views(original: np.ndarray, overlay: np.ndarray, titles: Sequence[str]) -> go.Figure:
     """The radiograph and its overlay side by side with linked axes: zooming or panning one moves the
-    other (Plotly's ``matches``); double-click resets. Images are RGB uint8 of the same shape."""
+    other (Plotly's ``matches``); double-click resets. Images are RGB uint8 of the same shape, sent as
+    lossless PNGs, so zooming in shows the image's own pixels."""
+    from dashboard.imaging import png_data_uri
     h, w = original.shape[:2]
     axis = dict(showticklabels=False, showgrid=False, zeroline=False)
     return go.Figure({
-        "data": [dict(type="image", z=original, xaxis="x", yaxis="y", hoverinfo="skip"),
-                 dict(type="image", z=overlay, xaxis="x2", yaxis="y2", hoverinfo="skip")],
+        "data": [dict(type="image", source=png_data_uri(original), xaxis="x", yaxis="y", hoverinfo="skip"),
+                 dict(type="image", source=png_data_uri(overlay), xaxis="x2", yaxis="y2", hoverinfo="skip")],
         "layout": dict(
             xaxis=dict(domain=[0.0, 0.495], range=[0, w], **axis),
             yaxis=dict(range=[h, 0], scaleanchor="x", **axis),

@@ -27,7 +27,7 @@ from engine.sources import InputItem
 
 from dashboard.evaluation import (EvaluationFolder, LabelledSet, labelled_set_from_csv, load_evaluation_folder,
                                   val_predictions_set)
-from dashboard.imaging import DISPLAY_MAX_PX
+from dashboard.imaging import DISPLAY_MAX_PX, FULL_RES_MAX_PX
 from dashboard.state import Preset, build_presets
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -139,14 +139,24 @@ class StudyImages:
     raw: Optional[np.ndarray] = None   # grayscale DICOM: modality-LUT values at the display size
 
 
-@st.cache_data(max_entries=16, show_spinner="Decoding the image…")
-def study_images(sha256: str, image_size: int, _item: InputItem, _prep) -> StudyImages:
-    """Decode one study in a decoding worker (cached by content hash and input size)."""
-    study = default_pool().decode(_item.read(), _item.name, image_size=image_size,
-                                  display_max_side=DISPLAY_MAX_PX)
+def _decode_study(item: InputItem, image_size: int, max_side: int) -> StudyImages:
+    study = default_pool().decode(item.read(), item.name, image_size=image_size, display_max_side=max_side)
     img = study.image
     slim = DecodedImage(img.name, np.empty((0, 0), np.float32), img.metadata, img.identifiers, img.warnings)
     return StudyImages(img.pixels, study.model_input, slim, img.modality_values)
+
+
+@st.cache_data(max_entries=16, show_spinner="Decoding the image…")
+def study_images(sha256: str, image_size: int, _item: InputItem, _prep) -> StudyImages:
+    """Decode one study in a decoding worker at display size (cached by content hash and input size)."""
+    return _decode_study(_item, image_size, DISPLAY_MAX_PX)
+
+
+@st.cache_data(max_entries=3, show_spinner="Decoding the full-resolution image…")
+def study_full_resolution(sha256: str, image_size: int, _item: InputItem, _prep) -> StudyImages:
+    """The same at the file's own resolution (up to ``FULL_RES_MAX_PX``) for the linked zoom view;
+    few kept, as each is tens of MB. Read again from the store's file cache, never re-uploaded."""
+    return _decode_study(_item, image_size, FULL_RES_MAX_PX)
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing the heatmap…")

@@ -100,6 +100,13 @@ def test_reload_restart_two_users_and_keyboard_review(browser, tmp_path):
         for button in ("Agree Shortcut A", "Disagree Shortcut D"):                         # the decision is in view at 1440x900
             box = alice.get_by_role("button", name=button).bounding_box()
             assert box and box["y"] + box["height"] <= 900, (button, box)
+        # Full resolution with linked zoom: both views drawn by the browser from lossless PNGs.
+        alice.locator('[data-testid="stExpander"] summary', has_text="Display").click()
+        alice.get_by_text("Full resolution, linked zoom and pan").click()
+        wait_idle(alice, MODEL_TIMEOUT_MS)
+        alice.wait_for_function("""() => [...document.querySelectorAll('.js-plotly-plot image')]
+            .filter(i => (i.getAttribute('href') || '').startsWith('data:image/png')).length == 2""")
+        screenshot(alice, "worklist_01b_linked_full_resolution.png")
     finally:
         stop_server(server)
 

@@ -7,6 +7,7 @@ are wrapped to count the images they receive, so the tests see when the network 
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -16,6 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -332,6 +334,9 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     app.toggle(key="rv_linked").set_value(True).run()                # linked zoom: one figure, two views
     linked = json.loads(app.get("plotly_chart")[0].proto.spec)
     assert [d["type"] for d in linked["data"]] == ["image", "image"]
+    for trace in linked["data"]:                                  # the file's own pixels (1,841 x 1,955), lossless
+        png = base64.b64decode(trace["source"].removeprefix("data:image/png;base64,"))
+        assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2] == (1955, 1841)
     assert linked["layout"]["xaxis2"]["matches"] == "x" and linked["layout"]["yaxis2"]["matches"] == "y"
     app.toggle(key="rv_linked").set_value(False).run()
     assert calls.explained == 1                                   # display changes reuse the heatmap

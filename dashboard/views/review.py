@@ -78,14 +78,15 @@ def _record(study_id: int, decision: str, rec, model_label: str, thr: float, que
 
 
 def _review_form(rec, model_label: str, thr: float, queue: list[str]) -> None:
-    """Agree / disagree as two buttons (A, D): a decision is always an explicit choice."""
+    """Agree / disagree as two buttons (A, D) of equal weight: a decision is always an explicit choice,
+    and neither answer is drawn as the expected one (no nudge towards agreeing with the model)."""
     flagged = M.flagged(rec.probability, thr)
     st.markdown(f"**Your review.** The model {'flags' if flagged else 'does not flag'} this study at "
                 f"{thr:.3f}. Do you agree?")
     st.text_input("Note (optional; no patient identifiers)", key=NOTE_KEY, max_chars=2000)
     b1, b2 = st.columns(2)
     args = (rec.study_id, "agree", rec, model_label, thr, queue)
-    b1.button("Agree", key="review_agree", type="primary", shortcut="A", on_click=_record, args=args,
+    b1.button("Agree", key="review_agree", shortcut="A", on_click=_record, args=args,
               icon=":material/check:", width="stretch")
     b2.button("Disagree", key="review_disagree", shortcut="D", on_click=_record,
               args=(rec.study_id, "disagree", *args[2:]), icon=":material/close:", width="stretch")
@@ -167,14 +168,17 @@ def render() -> None:
                               help="Grad-CAM is fast; the others take seconds on a CPU.")
         cmap = d2.selectbox("Colormap", list(COLORMAPS), key="rv_cmap", persist_state="session")
         opacity = d3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="rv_opacity", persist_state="session")
-        linked = st.toggle("Linked zoom and pan (original and overlay move together)", key="rv_linked",
-                           persist_state="session")
+        linked = st.toggle("Full resolution, linked zoom and pan (original and overlay move together)",
+                           key="rv_linked", persist_state="session",
+                           help="The file's own pixels (up to 4,096 a side): slower to draw than the "
+                                "side-by-side copies.")
         min_heat = st.slider("Overlay only where heat ≥", 0.0, 0.9, 0.2, 0.05, key="rv_min_heat",
                              persist_state="session",
                              help="Leaves the radiograph untinted where the explanation is weak "
                                   "(heat is scaled 0-1 per image); 0 tints the whole film.")
         try:
-            imgs = resources.study_images(sha, pred.prep.image_size, item, pred.prep)
+            load = resources.study_full_resolution if linked else resources.study_images
+            imgs = load(sha, pred.prep.image_size, item, pred.prep)
         except (ImageReadError, OSError) as exc:
             st.error(f"Cannot display this study: {exc}")
             return
@@ -190,7 +194,8 @@ def render() -> None:
         views, c3 = st.columns([10, 4])
         views.plotly_chart(figures.linked_views(original, overlay, ("Original", "Overlay")),
                            key="rv_linked_views", config={"scrollZoom": True, "displaylogo": False})
-        views.caption(f"Original: {rec.name} ({window_text}) · overlay: {overlay_text}")
+        h, w = original.shape[:2]
+        views.caption(f"Original: {rec.name} ({window_text}, {w:,} x {h:,} px) · overlay: {overlay_text}")
         views.image(colour_scale(cmap, 256, 10), width=300,
                     caption="heat 0 → 1: evidence for pneumonia, scaled within this image · drag to zoom, "
                             "double-click to reset; both views move together")
