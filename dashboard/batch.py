@@ -9,14 +9,13 @@ survives a browser reload and a server restart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 
 from engine import limits
 from engine.errors import ImageReadError
-from engine.image import PatientIdentifiers, StudyMetadata
 from engine.ingest import cached_item, ingest, result_from_prediction, score_files  # noqa: F401 (re-exported)
 from engine.predictor import Predictor
 from engine.sources import InputItem, error_item, is_zip_bytes, iter_zip
@@ -29,29 +28,6 @@ MAX_FILES = limits.MAX_BATCH_FILES          # studies in one worklist, ZIP membe
 fmt_mb = limits.fmt_mb
 
 Progress = Callable[[int, Optional[int]], None]
-
-
-@dataclass(frozen=True)
-class StudyRecord:
-    """What the worklist knows about one file. ``probability`` is None when it was not scored."""
-
-    name: str
-    sha256: str
-    status: str                                   # "ok", "error" (unreadable), "refused" (a limit) or "pending"
-    probability: Optional[float] = None
-    message: str = ""
-    warnings: tuple[str, ...] = ()
-    metadata: StudyMetadata = field(default_factory=StudyMetadata)
-    identifiers: PatientIdentifiers = field(default_factory=PatientIdentifiers)
-    thumbnail: str = ""                           # data-URI PNG, "" when none
-    study_id: int = 0
-    review_status: str = "unreviewed"
-    added: str = ""
-    source: str = "upload"
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
 
 @dataclass(frozen=True)
@@ -69,16 +45,12 @@ class Batch:
     """A worklist as read from the store: records in the order they were added, and its DataFrame."""
 
     model_key: str
-    records: list[StudyRecord]
+    records: list[StudyRow]
     sources: dict[str, InputItem]                  # sha256 -> the cached bytes
     worklist: pd.DataFrame
 
-    def record(self, sha256: str) -> Optional[StudyRecord]:
+    def record(self, sha256: str) -> Optional[StudyRow]:
         return next((r for r in self.records if r.sha256 == sha256 and r.ok), None)
-
-
-def refused(name: str, reason: str, sha256: str = "") -> StudyRecord:
-    return StudyRecord(name=name, sha256=sha256, status="refused", message=f"{name}: {reason}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,33 +87,19 @@ def score_worklist(store: Store, worklist: Worklist, predictor: Predictor, model
                        predictor, model_key, progress=progress)
 
 
-def record_from_row(row: StudyRow) -> StudyRecord:
-    common = dict(study_id=row.id, review_status=row.review_status, added=row.added,
-                  source="inbox" if row.inbox else row.source, thumbnail=row.thumbnail)
-    if row.read_error:
-        status = "refused" if "limit" in row.read_error else "error"
-        return StudyRecord(row.name, row.sha256, status, None, row.read_error, **common)
-    if row.result is None:
-        return StudyRecord(row.name, row.sha256, "pending", **common)
-    r = row.result
-    if r.status != "ok":
-        return StudyRecord(row.name, row.sha256, "error", None, f"{row.name}: {r.message}", **common)
-    return StudyRecord(row.name, row.sha256, "ok", r.probability, "", r.warnings, r.metadata, **common)
-
-
 def load_batch(store: Store, worklist: Worklist, model_key: str,
-               build_worklist: Callable[[Iterable[StudyRecord]], pd.DataFrame]) -> Optional[Batch]:
+               build_worklist: Callable[[Iterable[StudyRow]], pd.DataFrame]) -> Optional[Batch]:
     """The worklist as stored (None when it is empty)."""
     rows = store.studies(worklist, model_key)
     if not rows:
         return None
-    records = [record_from_row(r) for r in rows]
+    records = list(rows)
     sources = {r.sha256: cached_item(store, r.name, r.sha256) for r in rows if r.sha256}
     return Batch(model_key, records, sources, build_worklist(records))
 
 
 def score_items(items: Iterable[InputItem], predictor: Predictor, model_key: str, store: Store, *,
-                max_files: int, progress: Optional[Progress] = None) -> list[StudyRecord]:
+                max_files: int, progress: Optional[Progress] = None) -> list[StudyRow]:
     """Records for a labelled set (a folder, a ZIP) without adding them to a worklist.
 
     Files are cached and scored once per model, like uploads; inputs beyond ``max_files`` are refused.
@@ -160,10 +118,6 @@ def score_items(items: Iterable[InputItem], predictor: Predictor, model_key: str
     score_files(store, {sha: name for name, sha, _ in named if sha}, predictor, model_key, progress=progress)
     out = []
     for name, sha, error in named:
-        if error:
-            out.append(StudyRecord(name, "", "refused" if "limit" in error else "error", None, error))
-            continue
-        r = store.result(sha, model_key)
-        out.append(StudyRecord(name, sha, r.status, r.probability, "", r.warnings, r.metadata)
-                   if r.status == "ok" else StudyRecord(name, sha, "error", None, f"{name}: {r.message}"))
+        result = store.result(sha, model_key) if sha else None
+        out.append(StudyRow(0, name, sha, "labelled", "", False, read_error=error, result=result))
     return out

@@ -20,7 +20,7 @@ import pandas as pd
 
 from engine import metrics as M
 
-from dashboard.batch import StudyRecord
+from engine.store import StudyRow
 
 DEFAULT_CLASS_NAMES = ("normal", "pneumonia")
 METRIC_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV",
@@ -126,7 +126,7 @@ def label_from_path(name: str, class_names: Sequence[str] = DEFAULT_CLASS_NAMES)
     return None
 
 
-def labelled_set_from_records(records: Iterable[StudyRecord], name: str,
+def labelled_set_from_records(records: Iterable[StudyRow], name: str,
                               class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> LabelledSet:
     """Scored records labelled by their class folder; the others are listed in ``skipped``."""
     labels, scores, files, skipped, shas = [], [], [], [], []

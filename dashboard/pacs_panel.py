@@ -12,7 +12,6 @@ Configured by the deployment, never typed by a user (the server would fetch from
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import pandas as pd
 import streamlit as st
@@ -121,7 +120,7 @@ def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "")
     except ValueError as exc:
         st.caption(f"Send to PACS: {DESTINATION_ENV} is wrong: {exc}")
         return
-    reviewed = bool(store.decisions(rec.study_id))
+    reviewed = bool(store.decisions(rec.id))
     if not st.button("Send report and heatmap to PACS", key="send_pacs", icon=":material/send:",
                      disabled=not reviewed,
                      help=f"A structured report (with your decision) and the heatmap capture, into the study in "
@@ -129,10 +128,9 @@ def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "")
         return
     origin = f"the dashboard's threshold ({preset})" if preset else "the dashboard's threshold"
     writer = ResultWriter(predictor, thr, origin, explainer=explainer)
-    row = SimpleNamespace(id=rec.study_id, sha256=rec.sha256, name=rec.name)
     try:
         with st.spinner("Sending…"):
-            n = pacs.send_study_results(store, row, writer, dest,
+            n = pacs.send_study_results(store, rec, writer, dest,
                                         calling_aet=os.environ.get(AET_ENV, "TRIAGE").strip() or "TRIAGE")
     except NotDicomError:
         st.warning("Not a DICOM study: there is no study in the PACS to file the results into.")

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from dashboard.batch import StudyRecord
+from engine.store import StudyRow
 from engine.csvsafe import csv_safe as _csv_safe
 from engine import metrics as M
 
@@ -46,12 +46,12 @@ class Counts:
         return self.flagged + self.not_flagged + self.unreadable
 
 
-def build_worklist(records: Iterable[StudyRecord]) -> pd.DataFrame:
-    """One row per file, scored studies by descending probability, then unreadable files."""
+def build_worklist(records: Iterable[StudyRow]) -> pd.DataFrame:
+    """One row per file, scored studies by descending probability, then unreadable files. Identifier
+    columns are empty: ``with_identifiers`` fills them when an export asks."""
     rows = []
     for order, r in enumerate(records):
         md = r.metadata
-        ids = r.identifiers
         rows.append({
             "thumbnail": r.thumbnail or BLANK_THUMBNAIL,
             "file": r.name,
@@ -59,7 +59,7 @@ def build_worklist(records: Iterable[StudyRecord]) -> pd.DataFrame:
             "status": r.status,
             "reason": r.message,
             "warnings": "; ".join(r.warnings),
-            "review": getattr(r, "review_status", "unreviewed"),
+            "review": r.review_status,
             "study_date": _date(md.study_date),
             "age_band": md.age_band or "",
             "study": md.study_key or "",
@@ -68,7 +68,7 @@ def build_worklist(records: Iterable[StudyRecord]) -> pd.DataFrame:
             "body_part": md.body_part or "",
             "format": md.format or "",
             "sha256": r.sha256,
-            **{c: getattr(ids, c) or "" for c in IDENTIFIER_COLUMNS},
+            **{c: "" for c in IDENTIFIER_COLUMNS},
             "_order": order,
         })
     df = pd.DataFrame(rows, columns=[*BASE_COLUMNS, *IDENTIFIER_COLUMNS, "_order"])

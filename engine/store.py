@@ -131,7 +131,9 @@ class Result:
 
 @dataclass(frozen=True)
 class StudyRow:
-    """One study of a worklist as the dashboard shows it (no identifiers)."""
+    """One study as the worklist, Review, and a scored labelled set show it: the one record of a study
+    once it is in the store (no identifiers; those are read apart). ``id`` is 0 for a labelled set's
+    file, which belongs to no worklist."""
 
     id: int
     name: str
@@ -144,6 +146,41 @@ class StudyRow:
     thumbnail: str = ""
     review_status: str = "unreviewed"
     on_disk: bool = True
+
+    @property
+    def status(self) -> str:
+        """"ok", "error" (unreadable), "refused" (over a limit) or "pending" (not yet scored)."""
+        if self.read_error:
+            return "refused" if "limit" in self.read_error else "error"
+        if self.result is None:
+            return "pending"
+        return "ok" if self.result.status == "ok" else "error"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def probability(self) -> Optional[float]:
+        return self.result.probability if self.ok else None
+
+    @property
+    def message(self) -> str:
+        """Why the study has no probability ("" when it has one)."""
+        if self.read_error:
+            return self.read_error
+        if self.result is not None and self.result.status != "ok":
+            return f"{self.name}: {self.result.message}"
+        return ""
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.result.warnings if self.ok else ()
+
+    @property
+    def metadata(self) -> StudyMetadata:
+        return self.result.metadata if self.ok else StudyMetadata()
+
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from engine.image import PatientIdentifiers, StudyMetadata
 from engine.predictor import Prediction
 
 from dashboard import batch as B
-from engine.store import Store
+from engine.store import Result, Store, StudyRow
 from dashboard import evaluation as E
 from dashboard import figures as F
 from dashboard import imaging, worklist as W
@@ -128,15 +128,23 @@ def test_uploads_go_to_the_store_once_and_a_repeat_is_not_listed_twice(store):
 
 # --------------------------------------------------------------------------- worklist
 
+def study(name: str, sha: str, status: str, probability=None, *, message: str = "", warnings=(),
+          metadata=None, review_status: str = "unreviewed") -> StudyRow:
+    """A stored study as the worklist reads it: scored ("ok"), unreadable ("error"), over a limit ("refused")."""
+    if status in ("error", "refused"):
+        return StudyRow(0, name, sha, "upload", "", False, read_error=message)
+    result = Result("ok", probability, warnings=tuple(warnings), metadata=metadata or StudyMetadata())
+    return StudyRow(0, name, sha, "upload", "", False, result=result, review_status=review_status)
+
+
 def _records():
-    ids = PatientIdentifiers(patient_name="DOE^JANE", patient_id="P123")
     return [
-        B.StudyRecord("low.jpeg", "1" * 64, "ok", 0.2),
-        B.StudyRecord("bad.dcm", "", "error", message="bad.dcm: not a DICOM, JPEG or PNG image"),
-        B.StudyRecord("high.dcm", "2" * 64, "ok", 0.9, warnings=("Modality CT is not a radiograph",),
-                      metadata=StudyMetadata(format="dicom", modality="CT"), identifiers=ids),
-        B.StudyRecord("mid.png", "3" * 64, "ok", 0.5),
-        B.StudyRecord("huge.dcm", "", "refused", message="huge.dcm: 60.0 MB is over the limit"),
+        study("low.jpeg", "1" * 64, "ok", 0.2),
+        study("bad.dcm", "", "error", message="bad.dcm: not a DICOM, JPEG or PNG image"),
+        study("high.dcm", "2" * 64, "ok", 0.9, warnings=("Modality CT is not a radiograph",),
+                      metadata=StudyMetadata(format="dicom", modality="CT")),
+        study("mid.png", "3" * 64, "ok", 0.5),
+        study("huge.dcm", "", "refused", message="huge.dcm: 60.0 MB is over the limit"),
     ]
 
 
@@ -162,12 +170,14 @@ def test_export_without_identifiers_unless_opted_in():
     rows = list(csv.DictReader(io.StringIO(plain)))
     assert rows[0]["file"] == "high.dcm" and rows[0]["flagged"] == "True" and rows[0]["threshold"] == "0.500000"
     assert rows[3]["flagged"] == "" and "not a DICOM" in rows[3]["reason"]
-    with_ids = list(csv.DictReader(io.StringIO(W.export_csv(df, 0.5, "m 1.0", include_identifiers=True))))
+    ids = PatientIdentifiers(patient_name="DOE^JANE", patient_id="P123")
+    filled = W.with_identifiers(df, lambda sha: ids if sha == "2" * 64 else PatientIdentifiers())
+    with_ids = list(csv.DictReader(io.StringIO(W.export_csv(filled, 0.5, "m 1.0", include_identifiers=True))))
     assert with_ids[0]["patient_name"] == "DOE^JANE" and with_ids[0]["patient_id"] == "P123"
 
 
 def test_export_defuses_formula_file_names():
-    df = W.build_worklist([B.StudyRecord("=cmd.jpeg", "4" * 64, "ok", 0.7)])
+    df = W.build_worklist([study("=cmd.jpeg", "4" * 64, "ok", 0.7)])
     assert "'=cmd.jpeg" in W.export_csv(df, 0.5, "m")
 
 
@@ -188,10 +198,10 @@ def test_label_from_class_folders():
     assert E.label_from_path("set.zip/test/PNEUMONIA/x.jpeg") == 1
     assert E.label_from_path("/data/normal/y.png") == 0
     assert E.label_from_path("pneumonia.jpeg") is None      # the file name is not a folder
-    recs = [B.StudyRecord("z/NORMAL/a.jpeg", "1" * 64, "ok", 0.3),
-            B.StudyRecord("z/PNEUMONIA/b.jpeg", "2" * 64, "ok", 0.7),
-            B.StudyRecord("z/other/c.jpeg", "3" * 64, "ok", 0.5),
-            B.StudyRecord("z/NORMAL/d.dcm", "", "error", message="z/NORMAL/d.dcm: corrupt")]
+    recs = [study("z/NORMAL/a.jpeg", "1" * 64, "ok", 0.3),
+            study("z/PNEUMONIA/b.jpeg", "2" * 64, "ok", 0.7),
+            study("z/other/c.jpeg", "3" * 64, "ok", 0.5),
+            study("z/NORMAL/d.dcm", "", "error", message="z/NORMAL/d.dcm: corrupt")]
     ls = E.labelled_set_from_records(recs, "z")
     assert list(ls.labels) == [0, 1] and len(ls.skipped) == 2
 
@@ -281,11 +291,11 @@ def test_thumbnail_and_review_panels():
 
 
 def test_one_row_per_study_groups_a_studys_images_under_its_most_probable_one():
-    study = StudyMetadata(format="dicom", study_key="a" * 16)
-    records = [B.StudyRecord("pa.dcm", "1" * 64, "ok", 0.4, metadata=study, review_status="agreed"),
-               B.StudyRecord("lat.dcm", "2" * 64, "ok", 0.8, metadata=study),
-               B.StudyRecord("other.jpeg", "3" * 64, "ok", 0.6),
-               B.StudyRecord("bad.dcm", "", "error", message="bad.dcm: not a DICOM, JPEG or PNG image")]
+    same = StudyMetadata(format="dicom", study_key="a" * 16)
+    records = [study("pa.dcm", "1" * 64, "ok", 0.4, metadata=same, review_status="agreed"),
+               study("lat.dcm", "2" * 64, "ok", 0.8, metadata=same),
+               study("other.jpeg", "3" * 64, "ok", 0.6),
+               study("bad.dcm", "", "error", message="bad.dcm: not a DICOM, JPEG or PNG image")]
     df = W.build_worklist(records)
     rows = W.view(df, 0.5, studies=True)
     assert list(rows["file"]) == ["lat.dcm (+1 images)", "other.jpeg", "bad.dcm"]

@@ -85,16 +85,16 @@ def _review_form(rec, model_label: str, thr: float, queue: list[str]) -> None:
                 f"{thr:.3f}. Do you agree?")
     st.text_input("Note (optional; no patient identifiers)", key=NOTE_KEY, max_chars=2000)
     b1, b2 = st.columns(2)
-    args = (rec.study_id, "agree", rec, model_label, thr, queue)
+    args = (rec.id, "agree", rec, model_label, thr, queue)
     b1.button("Agree", key="review_agree", shortcut="A", on_click=_record, args=args,
               icon=":material/check:", width="stretch")
     b2.button("Disagree", key="review_disagree", shortcut="D", on_click=_record,
-              args=(rec.study_id, "disagree", *args[2:]), icon=":material/close:", width="stretch")
+              args=(rec.id, "disagree", *args[2:]), icon=":material/close:", width="stretch")
     flash = st.session_state.pop(_FLASH, None)
     if flash:
         getattr(st, flash[0])(flash[1])
     store = resources.store()
-    earlier = store.decisions(rec.study_id)
+    earlier = store.decisions(rec.id)
     if earlier:
         last = earlier[-1]
         st.caption(f"Recorded decision: **{last['decision']}** by {last['reviewer'] or 'an unnamed reviewer'} "
