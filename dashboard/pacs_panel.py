@@ -16,12 +16,12 @@ import os
 import pandas as pd
 import streamlit as st
 
+from dashboard import state
+
 DICOMWEB_URL_ENV = "CXR_DICOMWEB_URL"
 DESTINATION_ENV = "CXR_PACS_DESTINATION"
 AET_ENV = "CXR_PACS_AET"
 POLL_ENV = "CXR_INBOX_POLL_S"
-_VERSION = "_inbox_seen_version"
-_HITS = "_pacs_hits"
 _MODALITIES = {"CR and DX": ("CR", "DX"), "CR": ("CR",), "DX": ("DX",)}
 
 
@@ -34,15 +34,15 @@ def inbox_watch(store, wl) -> None:
         every = float(os.environ.get(POLL_ENV, "") or 5)
     except ValueError:
         every = 5.0
-    st.session_state[_VERSION] = store.version(wl)
+    st.session_state[state.INBOX_SEEN] = store.version(wl)
     if every <= 0:
         return
 
     @st.fragment(run_every=every)
     def _watch() -> None:
         now = store.version(wl)
-        if now != st.session_state.get(_VERSION):
-            st.session_state[_VERSION] = now
+        if now != st.session_state.get(state.INBOX_SEEN):
+            st.session_state[state.INBOX_SEEN] = now
             st.rerun(scope="app")
     _watch()
 
@@ -78,13 +78,13 @@ def pacs_source(store) -> int:
                     for h in pacs.query(url, date_from=_date(date_from), date_to=_date(date_to), modality=m,
                                         accession=accession.strip()):
                         hits.setdefault(h.study_uid, h)
-                st.session_state[_HITS] = list(hits.values())
+                st.session_state[state.PACS_HITS] = list(hits.values())
             except pacs.PacsError as exc:
-                st.session_state.pop(_HITS, None)
+                st.session_state.pop(state.PACS_HITS, None)
                 st.error(str(exc))
-        hits = st.session_state.get(_HITS) or []
+        hits = st.session_state.get(state.PACS_HITS) or []
         if not hits:
-            if _HITS in st.session_state:
+            if state.PACS_HITS in st.session_state:
                 st.info("No study matches.")
             return 0
         st.dataframe(pd.DataFrame([{"study date": h.date, "modalities": h.modalities, "images": h.instances}
@@ -98,7 +98,7 @@ def pacs_source(store) -> int:
                         added += len(pacs.pull(url, store, modalities=_MODALITIES[modality], study_uid=h.study_uid))
             except pacs.PacsError as exc:
                 st.error(str(exc))
-            st.session_state.pop(_HITS, None)
+            st.session_state.pop(state.PACS_HITS, None)
             st.success(f"{added} image(s) retrieved into the inbox; they are scored below.")
             return added
     return 0

@@ -29,6 +29,18 @@ CUSTOM = "Custom (slider)"
 _THRESHOLD_MODEL = "_threshold_model"
 _PRESET_VALUES = "_preset_values"
 SHOWN_THRESHOLD = "_threshold_shown"  # the slider value the last run drew
+# Keys the pages keep across runs, all here (a widget's key when code outside the widget reads it).
+REVIEW_PICK = "review_pick"      # Review's study selectbox
+REVIEW_NOTE = "review_note"      # Review's note field, emptied after a decision
+REVIEW_FLASH = "_review_flash"   # the message a decision leaves for the next run
+OPEN_STUDY = "open_study"        # Triage's "open a study in Review" selectbox
+WORKLIST_ROWS = "_worklist_rows" # the worklist rows selected in the last run
+TRIM_PENDING = "_trim_pending"   # hand freed memory back to the system on the next run (after an upload)
+PERF_SOURCE = "perf_source"      # Performance: which labelled data the page scores
+PERF_SCORED = "perf_scored"      # Performance: {"signature": ..., "set": LabelledSet} scored last
+SITE_MESSAGE = "_site_msg"       # Performance: the message saving a site profile leaves
+INBOX_SEEN = "_inbox_seen_version"   # the store version of the inbox this session last drew
+PACS_HITS = "_pacs_hits"         # the studies the last PACS query found
 
 
 @dataclass(frozen=True)

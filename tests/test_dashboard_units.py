@@ -364,3 +364,22 @@ def test_one_read_and_one_hash_per_file_from_upload_to_score(store, monkeypatch)
     B.ingest_uploads(store, wl, [upload(p) for p in files])
     B.score_worklist(store, wl, predictor, "m")
     assert counts == {"upload reads": 3, "hashes": 3, "cache reads": 3, "decodes": 3}, counts
+
+
+# --------------------------------------------------------------------------- review queue
+
+def test_review_queue_opens_steps_and_moves_on_after_a_decision():
+    from dashboard.review_queue import ReviewQueue
+    recs = [study("a", "a" * 64, "ok", 0.9, review_status="agreed"), study("b", "b" * 64, "ok", 0.8),
+            study("c", "c" * 64, "ok", 0.4), study("d", "d" * 64, "ok", 0.7),
+            study("bad", "", "error", message="bad: corrupt")]
+    q = ReviewQueue.of(W.build_worklist(recs), 0.5)
+    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    assert q.readable == [a, b, d, c] and q.flagged == [a, b, d] and q.unreviewed == [b, d]
+    assert q.reviewed == {a}
+    assert q.opening(None) == b and q.opening(c) == c            # first unreviewed flagged; else stays
+    assert q.step(a, +1) == b and q.step(d, +1) == d and q.step(a, -1) == a   # kept at the ends
+    assert q.step(c, -1) == d and q.step(c, +1) == a             # from an unflagged study: nearest, wrapping
+    assert q.after_decision(b) == d and q.after_decision(d) == b
+    assert ReviewQueue.of(W.build_worklist(recs[:1]), 0.5).after_decision(a) is None   # queue done
+    assert ReviewQueue.of(W.build_worklist(recs), 0.95).step(c, +1) is None            # nothing flagged

@@ -24,7 +24,6 @@ SOURCES = ("Model's validation predictions", "Predictions CSV", "Images in class
 TARGETS = {"Sensitivity at least": "sensitivity", "Specificity at least": "specificity",
            "Youden's J (no target)": "youden", "The current threshold": "fixed"}
 MAX_EVAL_FILES = 10 * MAX_FILES
-SCORED = "perf_scored"       # {"signature": ..., "set": LabelledSet}
 
 
 def _rule(kind: str, target: float, threshold: float) -> str:
@@ -45,11 +44,11 @@ def _fit_and_save(ls: LabelledSet, model_label: str, source: str) -> None:
                               source=source)
         save_profile(profile)
     except ProfileError as exc:
-        ss["_site_msg"] = ("error", str(exc))
+        ss[state.SITE_MESSAGE] = ("error", str(exc))
         return
     ss[state.THRESHOLD] = profile.threshold
     ss[state.PRESET] = None
-    ss["_site_msg"] = ("success" if profile.reliable else "warning",
+    ss[state.SITE_MESSAGE] = ("success" if profile.reliable else "warning",
                        f"Saved. {profile.summary()}. It is in the sidebar's list on every page, and "
                        f"`engine.predict --profile '{profile.name}'` uses it.")
 
@@ -64,7 +63,7 @@ def _site_profile_section(ls: LabelledSet, model_label: str, source: str) -> Non
     st.text_input("Profile name", key="site_name", placeholder="e.g. Clinic A, 2026 Q4", max_chars=60)
     st.button("Fit and save the profile", key="site_save", on_click=_fit_and_save, args=(ls, model_label, source),
               icon=":material/bookmark_add:")
-    msg = st.session_state.pop("_site_msg", None)
+    msg = st.session_state.pop(state.SITE_MESSAGE, None)
     if msg:
         getattr(st, msg[0])(msg[1])
     profiles = list_profiles()
@@ -98,7 +97,7 @@ def _folder_source(ref, pred) -> Optional[LabelledSet]:
     signature = ("folder", folder) if folder else (("zip", archive.file_id) if archive else None)
     run = st.button("Score with the model", key="perf_run", disabled=signature is None,
                     icon=":material/play_arrow:")
-    done = st.session_state.get(SCORED)
+    done = st.session_state.get(state.PERF_SCORED)
     if run and signature is not None:
         try:
             root = confine(folder, "data") if folder else None
@@ -116,14 +115,14 @@ def _folder_source(ref, pred) -> Optional[LabelledSet]:
         except LabelledDataError as exc:
             st.error(str(exc))
             return None
-        done = st.session_state[SCORED] = {"signature": (signature, ref.key), "set": scored}
+        done = st.session_state[state.PERF_SCORED] = {"signature": (signature, ref.key), "set": scored}
     if done and done["signature"] == (signature, ref.key):
         return done["set"]
     return None
 
 
 def _labelled_set(ref, pred) -> Optional[LabelledSet]:
-    source = st.radio("Labelled data", SOURCES, horizontal=True, key="perf_source", persist_state="session")
+    source = st.radio("Labelled data", SOURCES, horizontal=True, key=state.PERF_SOURCE, persist_state="session")
     names = pred.card.class_names
     if source == SOURCES[0]:
         try:
@@ -241,14 +240,14 @@ def _errors_section(ls: LabelledSet, thr: float) -> None:
 
 def _held_out_note(ref, ls: LabelledSet) -> str:
     """Say so when the figures are not a held-out evaluation."""
-    if st.session_state.get("perf_source", SOURCES[0]) == SOURCES[0]:
+    if st.session_state.get(state.PERF_SOURCE, SOURCES[0]) == SOURCES[0]:
         return ("Not held out: these are the model's own validation predictions, on which its threshold was "
                 "chosen and its training stopped. Figures on new data will be lower.")
     return overlap_warning(ref.path, ls.sha256s)
 
 
 def _source_label(ls: LabelledSet) -> str:
-    source = st.session_state.get("perf_source", SOURCES[0])
+    source = st.session_state.get(state.PERF_SOURCE, SOURCES[0])
     return {SOURCES[0]: "validation predictions", SOURCES[1]: "predictions CSV", SOURCES[2]: "labelled images",
             SOURCES[3]: "review decisions"}.get(source, "labelled cases") + f" ({ls.name})"
 

@@ -13,32 +13,22 @@ from engine.overlay import COLORMAPS, colour_scale
 from engine.store import StoreError
 from engine import metrics as M
 
-from dashboard import figures, imaging, pacs_panel, resources, state, worklist
+from dashboard import figures, imaging, pacs_panel, resources, state
+from dashboard.review_queue import ReviewQueue
 
-PICK = "review_pick"
-NOTE_KEY = "review_note"
-_FLASH = "_review_flash"
 METHOD_NAMES = {"gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM",
                 "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion"}
 
 
-def _step(flagged: list[str], readable: list[str], delta: int) -> None:
-    """Button callback: the previous/next flagged study (from the current one)."""
-    current = st.session_state.get(state.REVIEW_SHA)
-    if not flagged:
-        return
-    if current in flagged:
-        i = min(max(flagged.index(current) + delta, 0), len(flagged) - 1)
-    else:  # from a study that is not flagged: the nearest flagged one in worklist order
-        pos = readable.index(current) if current in readable else -1
-        ranked = [readable.index(s) for s in flagged]
-        after = [k for k, r in enumerate(ranked) if (r > pos if delta > 0 else r < pos)]
-        i = (after[0] if delta > 0 else after[-1]) if after else (0 if delta > 0 else len(flagged) - 1)
-    st.session_state[state.REVIEW_SHA] = flagged[i]
+def _step(queue: ReviewQueue, delta: int) -> None:
+    """Button callback: the previous/next flagged study."""
+    target = queue.step(st.session_state.get(state.REVIEW_SHA), delta)
+    if target is not None:
+        st.session_state[state.REVIEW_SHA] = target
 
 
 def _picked() -> None:
-    st.session_state[state.REVIEW_SHA] = st.session_state[PICK]
+    st.session_state[state.REVIEW_SHA] = st.session_state[state.REVIEW_PICK]
 
 
 def _header_panel(image) -> None:
@@ -60,37 +50,37 @@ def _header_panel(image) -> None:
             st.caption("This file carries no patient identifiers.")
 
 
-def _record(study_id: int, decision: str, rec, model_label: str, thr: float, queue: list[str]) -> None:
+def _record(study_id: int, decision: str, rec, model_label: str, thr: float, queue: ReviewQueue) -> None:
     """Button callback: record the decision, then open the next unreviewed flagged study."""
     store = resources.store()
     try:
         store.record_decision(study_id, reviewer=state.worklist().reviewer, decision=decision,
                               probability=rec.probability, threshold=thr, model=model_label,
-                              note=st.session_state.get(NOTE_KEY, ""))
+                              note=st.session_state.get(state.REVIEW_NOTE, ""))
     except (StoreError, OSError) as exc:
-        st.session_state[_FLASH] = ("error", f"Could not record the review: {exc}")
+        st.session_state[state.REVIEW_FLASH] = ("error", f"Could not record the review: {exc}")
         return
-    st.session_state[_FLASH] = ("success", f"Recorded: {decision} ({rec.name.rsplit('/', 1)[-1]}).")
-    st.session_state[NOTE_KEY] = ""
-    following = [s for s in queue if s != rec.sha256]
-    if following:
-        st.session_state[state.REVIEW_SHA] = following[0]
+    st.session_state[state.REVIEW_FLASH] = ("success", f"Recorded: {decision} ({rec.name.rsplit('/', 1)[-1]}).")
+    st.session_state[state.REVIEW_NOTE] = ""
+    following = queue.after_decision(rec.sha256)
+    if following is not None:
+        st.session_state[state.REVIEW_SHA] = following
 
 
-def _review_form(rec, model_label: str, thr: float, queue: list[str]) -> None:
+def _review_form(rec, model_label: str, thr: float, queue: ReviewQueue) -> None:
     """Agree / disagree as two buttons (A, D) of equal weight: a decision is always an explicit choice,
     and neither answer is drawn as the expected one (no nudge towards agreeing with the model)."""
     flagged = M.flagged(rec.probability, thr)
     st.markdown(f"**Your review.** The model {'flags' if flagged else 'does not flag'} this study at "
                 f"{thr:.3f}. Do you agree?")
-    st.text_input("Note (optional; no patient identifiers)", key=NOTE_KEY, max_chars=2000)
+    st.text_input("Note (optional; no patient identifiers)", key=state.REVIEW_NOTE, max_chars=2000)
     b1, b2 = st.columns(2)
     args = (rec.id, "agree", rec, model_label, thr, queue)
     b1.button("Agree", key="review_agree", shortcut="A", on_click=_record, args=args,
               icon=":material/check:", width="stretch")
     b2.button("Disagree", key="review_disagree", shortcut="D", on_click=_record,
               args=(rec.id, "disagree", *args[2:]), icon=":material/close:", width="stretch")
-    flash = st.session_state.pop(_FLASH, None)
+    flash = st.session_state.pop(state.REVIEW_FLASH, None)
     if flash:
         getattr(st, flash[0])(flash[1])
     store = resources.store()
@@ -126,34 +116,30 @@ def render() -> None:
         st.page_link("views/triage.py", label="Go to Triage", icon=":material/format_list_numbered:")
         return
     df = batch.worklist
-    readable = worklist.readable_shas(df)
-    if not readable:
+    queue = ReviewQueue.of(df, thr)
+    if not queue.readable:
         st.title("Review")
         st.warning("No study in the worklist could be read; see the reasons on the Triage page.")
         return
-    flagged = worklist.flagged_shas(df, thr)
-    reviewed = {s for s, r in zip(df["sha256"], df["review"]) if r != "unreviewed"}
-    queue = [s for s in flagged if s not in reviewed]            # unreviewed flagged, highest first
-    if st.session_state.get(state.REVIEW_SHA) not in readable:
-        st.session_state[state.REVIEW_SHA] = (queue or flagged or readable)[0]
-    sha = st.session_state[state.REVIEW_SHA]
-    st.session_state[PICK] = sha
+    flagged, readable = queue.flagged, queue.readable
+    sha = st.session_state[state.REVIEW_SHA] = queue.opening(st.session_state.get(state.REVIEW_SHA))
+    st.session_state[state.REVIEW_PICK] = sha
     names = {s: n for s, n in zip(df["sha256"], df["file"]) if s}
     probs = {s: p for s, p in zip(df["sha256"], df["probability"]) if s}
 
     st.subheader("Review", anchor=False)
     n1, n2, n3, n4 = st.columns([1, 4, 1, 2], vertical_alignment="bottom")
     n1.button("Previous", icon=":material/arrow_back:", key="prev_flagged", shortcut="P",
-              on_click=_step, args=(flagged, readable, -1), disabled=not flagged, width="stretch",
+              on_click=_step, args=(queue, -1), disabled=not flagged, width="stretch",
               help="Previous flagged study (P)")
-    n2.selectbox("Study", readable, key=PICK, on_change=_picked, label_visibility="collapsed",
+    n2.selectbox("Study", readable, key=state.REVIEW_PICK, on_change=_picked, label_visibility="collapsed",
                  format_func=lambda s: f"{names.get(s, s[:12])} — {probs[s]:.3f}"
-                                       + (" ⚑" if M.flagged(probs[s], thr) else "") + (" ✓" if s in reviewed else ""))
+                                       + (" ⚑" if M.flagged(probs[s], thr) else "") + (" ✓" if s in queue.reviewed else ""))
     n3.button("Next", icon=":material/arrow_forward:", key="next_flagged", shortcut="N",
-              on_click=_step, args=(flagged, readable, +1), disabled=not flagged, width="stretch",
+              on_click=_step, args=(queue, +1), disabled=not flagged, width="stretch",
               help="Next flagged study (N)")
     n4.caption((f"flagged study {flagged.index(sha) + 1} of {len(flagged)}" if sha in flagged else
-                f"not flagged ({len(flagged)} flagged)") + f" · {len(queue)} flagged left to review · "
+                f"not flagged ({len(flagged)} flagged)") + f" · {len(queue.unreviewed)} flagged left to review · "
                "keys: A agree, D disagree, N next, P previous")
 
     rec = batch.record(sha)

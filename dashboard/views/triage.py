@@ -20,7 +20,7 @@ def _open_in_review(sha: str) -> None:
 
 def _clear(store, wl) -> None:
     store.remove_studies(wl)
-    st.session_state.pop("open_study", None)
+    st.session_state.pop(state.OPEN_STUDY, None)
 
 
 def _release_freed_memory() -> None:
@@ -34,7 +34,7 @@ def _release_freed_memory() -> None:
 
 
 def render() -> None:
-    if st.session_state.pop("_trim_pending", False):
+    if st.session_state.pop(state.TRIM_PENDING, False):
         # Streamlit drops the emptied uploader's files when this run ends: trim a moment after.
         threading.Timer(3.0, _release_freed_memory).start()
     ref = state.model_ref()
@@ -63,7 +63,7 @@ def render() -> None:
     score_worklist(store, wl, pred, ref.key, progress=progress)
     bar.empty()
     if files:
-        st.session_state["_trim_pending"] = True     # the next run, once Streamlit dropped the upload
+        st.session_state[state.TRIM_PENDING] = True     # the next run, once Streamlit dropped the upload
         st.rerun()
     eviction = store.evict(protect_threshold=thr, model_key=ref.key)
     if eviction.over_limit:
@@ -123,16 +123,16 @@ def render() -> None:
 
     rows = list(event.selection.rows) if event is not None else []
     readable = worklist.readable_shas(df)
-    if st.session_state.get("open_study") not in readable:
-        st.session_state.pop("open_study", None)
-    if rows != st.session_state.get("_worklist_rows"):     # a newly selected row picks the study
-        st.session_state["_worklist_rows"] = rows
+    if st.session_state.get(state.OPEN_STUDY) not in readable:
+        st.session_state.pop(state.OPEN_STUDY, None)
+    if rows != st.session_state.get(state.WORKLIST_ROWS):     # a newly selected row picks the study
+        st.session_state[state.WORKLIST_ROWS] = rows
         if rows and rows[0] < len(table) and table.iloc[rows[0]]["sha256"] in readable:
             _open_in_review(table.iloc[rows[0]]["sha256"])      # one click opens the study
     names = {sha: name for sha, name in zip(df["sha256"], df["file"]) if sha}
     if readable:
         o1, o2 = st.columns([3, 1], vertical_alignment="bottom")
-        pick = o1.selectbox("Open a study in Review (or select a row above)", readable, key="open_study",
+        pick = o1.selectbox("Open a study in Review (or select a row above)", readable, key=state.OPEN_STUDY,
                             format_func=lambda s: names.get(s, s[:12]))
         if o2.button("Open in Review", type="primary", icon=":material/visibility:", key="open_review"):
             _open_in_review(pick)
