@@ -8,8 +8,6 @@ Patient identifiers are kept in their own columns and leave this module only thr
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -17,16 +15,15 @@ import numpy as np
 import pandas as pd
 
 from engine.store import StudyRow
-from engine.csvsafe import csv_safe as _csv_safe
+from engine import csvsafe
 from engine import metrics as M
 
-IDENTIFIER_COLUMNS = ("patient_name", "patient_id", "birth_date", "accession_number", "institution")
+IDENTIFIER_COLUMNS = tuple(csvsafe.IDENTIFIER_COLUMNS)
 BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "review", "study_date",
                 "age_band", "modality", "view_position", "body_part", "format", "study", "sha256")
 DISPLAY_COLUMNS = ("thumbnail", "file", "probability", "flag", "review", "reason", "warnings", "study_date",
                    "age_band", "modality", "view_position")
-EXPORT_COLUMNS = ("file", "status", "probability", "flagged", "threshold", "model", "review", "reason",
-                  "warnings", "study_date", "modality", "view_position", "body_part", "format", "sha256")
+WORKLIST_EXPORT_COLUMNS = ("review", "study_date", "age_band", "body_part", "format")   # after the results columns
 VIEWS = ("All", "Flagged", "Not flagged", "Unreadable")
 FLAG_TEXT = {True: "FLAGGED", False: "not flagged"}
 # a 1x1 transparent PNG: an unreadable file's thumbnail cell stays empty instead of saying "None"
@@ -58,7 +55,7 @@ def build_worklist(records: Iterable[StudyRow]) -> pd.DataFrame:
             "probability": r.probability if r.ok else np.nan,
             "status": r.status,
             "reason": r.message,
-            "warnings": "; ".join(r.warnings),
+            "warnings": " | ".join(r.warnings),
             "review": r.review_status,
             "study_date": _date(md.study_date),
             "age_band": md.age_band or "",
@@ -167,24 +164,20 @@ def readable_shas(df: pd.DataFrame) -> list[str]:
 
 
 
-def export_frame(df: pd.DataFrame, threshold: float, model: str,
-                 include_identifiers: bool = False) -> pd.DataFrame:
-    """The worklist as exported: no identifier columns unless ``include_identifiers``."""
-    flagged = flags(df, threshold).astype(object)
-    flagged[~df["_readable"].to_numpy()] = None          # unreadable: neither flagged nor not
-    out = df.assign(flagged=flagged, threshold=float(threshold), model=model)
-    cols = list(EXPORT_COLUMNS) + (list(IDENTIFIER_COLUMNS) if include_identifiers else [])
-    return out[cols].copy()
-
-
-def export_csv(df: pd.DataFrame, threshold: float, model: str,
-               include_identifiers: bool = False) -> str:
-    frame = export_frame(df, threshold, model, include_identifiers)
-    text_cols = [c for c in frame.columns
-                 if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
-    for c in text_cols:
-        frame[c] = frame[c].map(_csv_safe)
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL,
-                 float_format="%.6f")
-    return buf.getvalue()
+def export_csv(df: pd.DataFrame, threshold: float, model: str, include_identifiers: bool = False) -> str:
+    """The worklist as CSV: the results row the CLI and the archive write (``engine.csvsafe.result_row``:
+    same columns, formats and flag rule; "message" says why a file has no probability), then the
+    worklist's own columns; identifier columns only when ``include_identifiers`` (fill them first with
+    :func:`with_identifiers`)."""
+    columns = [*csvsafe.RESULT_COLUMNS, *WORKLIST_EXPORT_COLUMNS,
+               *(IDENTIFIER_COLUMNS if include_identifiers else ())]
+    rows = []
+    for r in df.to_dict("records"):
+        row = csvsafe.result_row(
+            file=r["file"], status=r["status"], message=r["reason"],
+            probability=None if pd.isna(r["probability"]) else float(r["probability"]), threshold=threshold,
+            model=model, warnings=[r["warnings"]] if r["warnings"] else [], modality=r["modality"],
+            view_position=r["view_position"], sha256=r["sha256"],
+            identifiers={c: r[c] for c in IDENTIFIER_COLUMNS} if include_identifiers else None)
+        rows.append({**row, **{c: r[c] for c in WORKLIST_EXPORT_COLUMNS}})
+    return csvsafe.rows_csv(columns, rows)

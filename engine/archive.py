@@ -42,7 +42,7 @@ from typing import Iterator, Optional, Sequence
 
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.errors import CheckpointError
-from engine.predict import CSV_COLUMNS, IDENTIFIER_COLUMNS
+from engine.csvsafe import IDENTIFIER_COLUMNS, RESULT_COLUMNS as CSV_COLUMNS
 from engine.metrics import flagged as flag_rule
 
 log = logging.getLogger(__name__)
@@ -313,18 +313,13 @@ def consolidate(out: Path, order: dict[str, float], threshold: float, *, include
     pq.write_table(pa.Table.from_pylist(final, schema=schema), tmp)
     os.replace(tmp, out / "predictions.parquet")
     if csv_too:
-        import csv
-
-        from engine.csvsafe import csv_safe
+        from engine.csvsafe import result_row, write_rows
         with open(out / "predictions.csv.tmp", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
-            w.writeheader()
-            for r in final:
-                ok = r["status"] == "ok"
-                w.writerow({**{k: csv_safe(v) for k, v in r.items()},
-                            "probability": repr(r["probability"]) if ok else "",
-                            "flagged": ("yes" if r["flagged"] else "no") if ok else "",
-                            "threshold": repr(float(threshold))})
+            write_rows(f, columns, (result_row(
+                file=r["file"], status=r["status"], message=r["message"] or "", probability=r["probability"],
+                threshold=threshold, model=r["model"] or "", warnings=[r["warnings"]] if r["warnings"] else [],
+                modality=r["modality"] or "", view_position=r["view_position"] or "", sha256=r["sha256"] or "",
+                identifiers=r if include_identifiers else None) for r in final))
         os.replace(out / "predictions.csv.tmp", out / "predictions.csv")
     return {"rows": len(final), "ok": sum(r["status"] == "ok" for r in final),
             "errors": sum(r["status"] == "error" for r in final),

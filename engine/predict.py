@@ -14,7 +14,6 @@ hash. No patient identifiers are written unless ``--include-identifiers`` is giv
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from pathlib import Path
@@ -23,14 +22,12 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from engine.checkpoint import DEFAULT_MODEL_DIR
-from engine.csvsafe import anonymous_name, csv_safe
+from engine.csvsafe import IDENTIFIER_COLUMNS, RESULT_COLUMNS, anonymous_name, result_row, row_writer
 from engine.errors import CheckpointError
 from engine.sources import iter_inputs
 from engine.metrics import flagged as flag_rule
 
-CSV_COLUMNS = ["file", "status", "message", "probability", "flagged", "threshold", "model",
-               "warnings", "modality", "view_position", "sha256"]
-IDENTIFIER_COLUMNS = ["patient_name", "patient_id", "birth_date", "accession_number", "institution"]
+CSV_COLUMNS = RESULT_COLUMNS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,19 +69,14 @@ def safe_png_name(name: str, used: set[str]) -> str:
 
 def prediction_row(pred, threshold: float, model_label: str, *, label: Optional[str] = None,
                    include_identifiers: bool = False) -> dict:
-    """One CSV row (strings, as written) for a Prediction: the one writer of every results row."""
+    """The results row (``engine.csvsafe.result_row``) of a Prediction, under ``label`` if given."""
     label = pred.name if label is None else label
-    message = pred.message.replace(pred.name, label) if label != pred.name else pred.message
-    flagged = pred.ok and flag_rule(pred.probability, threshold)
-    row = {"file": label, "status": pred.status, "message": message,
-           "probability": repr(pred.probability) if pred.ok else "",
-           "flagged": ("yes" if flagged else "no") if pred.ok else "",
-           "threshold": repr(float(threshold)), "model": model_label,
-           "warnings": " | ".join(pred.warnings), "modality": pred.metadata.modality or "",
-           "view_position": pred.metadata.view_position or "", "sha256": pred.sha256}
-    if include_identifiers:
-        row.update({k: getattr(pred.identifiers, k) or "" for k in IDENTIFIER_COLUMNS})
-    return row
+    return result_row(file=label, status=pred.status,
+                      message=pred.message.replace(pred.name, label) if label != pred.name else pred.message,
+                      probability=pred.probability, threshold=threshold, model=model_label,
+                      warnings=pred.warnings, modality=pred.metadata.modality or "",
+                      view_position=pred.metadata.view_position or "", sha256=pred.sha256,
+                      identifiers=pred.identifiers.as_dict() if include_identifiers else None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -137,8 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
+        write_row = row_writer(f, columns)
         dicom_out = _dicom_out(args, predictor, threshold)
         sources = iter(items)
         stream = predictor.predict_stream(items, batch_size=args.batch_size,
@@ -154,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             label = anonymous_name(pred.name) if args.anonymise_names else pred.name
             row = prediction_row(pred, threshold, model_label, label=label,
                                  include_identifiers=args.include_identifiers)
-            writer.writerow({k: csv_safe(v) for k, v in row.items()})
+            write_row(row)
             if explainer is not None and pred.image is not None:
                 pending.append((label, pred))
                 if len(pending) >= args.batch_size:

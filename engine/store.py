@@ -442,10 +442,10 @@ class Store:
     def decisions_csv(self, worklist: Optional[Worklist]) -> str:
         """Decisions as CSV (one worklist's, or every worklist's with None): no patient identifier,
         the file by its content hash and base name, times in UTC, cells defused for spreadsheets."""
-        import csv
-        import io
         from pathlib import PurePosixPath
-        from engine.csvsafe import csv_safe
+        from engine.csvsafe import rows_csv
+        columns = ["time", "reviewer", "file_name", "file_sha256", "model", "probability", "threshold",
+                   "decision", "note"]
         query = ("SELECT d.time, d.reviewer, s.name, s.sha256, d.model, d.probability, d.threshold, d.decision, "
                  "d.note FROM decisions d JOIN studies s ON s.id = d.study_id")
         args: tuple = ()
@@ -454,15 +454,12 @@ class Store:
             args = (worklist.id,)
         with closing(self._connect()) as con:
             rows = con.execute(query + " ORDER BY d.id", args).fetchall()
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["time", "reviewer", "file_name", "file_sha256", "model", "probability", "threshold",
-                         "decision", "note"])
+        records = []
         for row in rows:
-            row = list(row)
-            row[2] = PurePosixPath(str(row[2]).replace("\\", "/")).name
-            writer.writerow([csv_safe(v) for v in row])
-        return buf.getvalue()
+            record = dict(zip(columns, row))
+            record["file_name"] = PurePosixPath(str(record["file_name"]).replace("\\", "/")).name
+            records.append(record)
+        return rows_csv(columns, records)
 
     # -------------------------------------------------------------------------------- size
 

@@ -168,12 +168,24 @@ def test_export_without_identifiers_unless_opted_in():
     plain = W.export_csv(df, 0.5, "m 1.0")
     assert "DOE" not in plain and "P123" not in plain and "patient_name" not in plain
     rows = list(csv.DictReader(io.StringIO(plain)))
-    assert rows[0]["file"] == "high.dcm" and rows[0]["flagged"] == "True" and rows[0]["threshold"] == "0.500000"
-    assert rows[3]["flagged"] == "" and "not a DICOM" in rows[3]["reason"]
+    assert rows[0]["file"] == "high.dcm" and rows[0]["flagged"] == "yes" and rows[0]["threshold"] == "0.5"
+    assert rows[3]["flagged"] == "" and "not a DICOM" in rows[3]["message"]
     ids = PatientIdentifiers(patient_name="DOE^JANE", patient_id="P123")
     filled = W.with_identifiers(df, lambda sha: ids if sha == "2" * 64 else PatientIdentifiers())
     with_ids = list(csv.DictReader(io.StringIO(W.export_csv(filled, 0.5, "m 1.0", include_identifiers=True))))
     assert with_ids[0]["patient_name"] == "DOE^JANE" and with_ids[0]["patient_id"] == "P123"
+
+
+def test_worklist_export_writes_the_clis_results_row():
+    from engine.predict import CSV_COLUMNS, prediction_row
+    meta = StudyMetadata(format="dicom", modality="CT")
+    df = W.build_worklist([study("high.dcm", "2" * 64, "ok", 0.9, warnings=("Modality CT is not a radiograph",),
+                                 metadata=meta)])
+    [row] = list(csv.DictReader(io.StringIO(W.export_csv(df, 0.5, "m 1.0"))))
+    pred = Prediction("high.dcm", "ok", 0.9, warnings=("Modality CT is not a radiograph",), sha256="2" * 64,
+                      metadata=meta)
+    assert list(row)[:len(CSV_COLUMNS)] == CSV_COLUMNS
+    assert {k: row[k] for k in CSV_COLUMNS} == prediction_row(pred, 0.5, "m 1.0")
 
 
 def test_export_defuses_formula_file_names():

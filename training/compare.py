@@ -12,7 +12,6 @@ Exit codes: 0 done, 2 a folder is not an evaluation output.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from engine.csvsafe import write_rows
 from engine.paired import paired_tests
 
 CSV_COLUMNS = ("evaluation", "model", "architecture", "version", "training", "cbam", "parameters",
@@ -133,10 +133,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+        write_rows(f, CSV_COLUMNS, ({k: r.get(k) for k in CSV_COLUMNS} for r in rows))
     return path
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Sequence
+
+from engine.csvsafe import write_rows
 
 
 
@@ -13,10 +14,9 @@ def write_predictions_csv(path: Path, files: Sequence[str], labels: Sequence[int
                           probabilities: Sequence[float]) -> None:
     """``file,label,probability`` (label 0 normal / 1 pneumonia; probability of pneumonia)."""
     with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "label", "probability"])
-        for name, y, p in zip(files, labels, probabilities):
-            w.writerow([name, int(y), repr(float(p))])
+        write_rows(f, ["file", "label", "probability"],
+                   ({"file": name, "label": int(y), "probability": repr(float(p))}
+                    for name, y, p in zip(files, labels, probabilities)))
 
 
 def write_curves(history: list[dict], out: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import streamlit as st
 
 from engine import metrics as M
+from engine.csvsafe import frame_csv
 from engine.paths import PathNotAllowed, confine
 from engine.provenance import overlap_warning
 from engine.site import ProfileError, fit_profile, labels_from_decisions, list_profiles, save_profile
@@ -234,7 +235,7 @@ def _errors_section(ls: LabelledSet, thr: float) -> None:
             row = errors.iloc[rows[0]]
             _open_error(row["file"], row["sha256"])
         st.download_button("Download per-file results (CSV)", icon=":material/download:", key="perf_export",
-                           data=lambda: table.drop(columns=["sha256"]).to_csv(index=False),
+                           data=lambda: frame_csv(table.drop(columns=["sha256"])),
                            file_name="per_file_results.csv", mime="text/csv", on_click="ignore")
 
 
