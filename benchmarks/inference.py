@@ -1,7 +1,7 @@
 """Inference benchmark, whole processes: the batch CLI on each backend against the plain pipeline.
 
     python -m engine.bench [--data-dir ../shared/data/kermany224] [--images 600] [--heatmap-images 300]
-                           [--backends torch,onnx,onnx-int8] [--memory-files 1000] [--repeats 1]
+                           [--backends torch,onnx,onnx-int8,openvino] [--memory-files 1000] [--repeats 1]
 
 Prints the CPU model and the flags that decide the backend, the backend the device policy picks
 here and why; then, for the plain pipeline (``benchmarks/plain_pipeline.py``: PIL, torchvision
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = ROOT / "assets" / "sample"
 sys.path.insert(0, str(ROOT))
 
-from engine.backends import choose_backend, cpu_info, onnxruntime_available  # noqa: E402
+from engine.backends import choose_backend, cpu_info, onnxruntime_available, openvino_available  # noqa: E402
 from engine.checkpoint import DEFAULT_MODEL_DIR, read_card  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--heatmap-images", type=int, default=300)
-    ap.add_argument("--backends", default="torch,onnx,onnx-int8")
+    ap.add_argument("--backends", default="torch,onnx,onnx-int8,openvino")
     ap.add_argument("--memory-files", type=int, default=1000, help="0: skip the memory run")
     ap.add_argument("--repeats", type=int, default=1, help="median of this many runs per cell")
     args = ap.parse_args(argv)
@@ -88,9 +88,12 @@ def main(argv=None) -> None:
     print(f"backend chosen here: {choice.name} ({choice.reason})")
     from engine.backends import int8
     backends = [b for b in args.backends.split(",") if b]
-    if not onnxruntime_available():
-        backends = [b for b in backends if b == "torch"]
     notes = {}
+    if not onnxruntime_available():
+        backends = [b for b in backends if b in ("torch", "openvino")]
+    if "openvino" in backends and not openvino_available():
+        backends.remove("openvino")
+        notes["openvino"] = "OpenVINO is not installed"
     if "onnx-int8" in backends:
         if int8.int8_path(args.checkpoint, card) is None:
             backends.remove("onnx-int8")
@@ -122,8 +125,9 @@ def main(argv=None) -> None:
         return env
 
     # Make the exported graphs before timing (they are made once per checkpoint, not per run).
-    if any(b.startswith("onnx") for b in backends):
-        subprocess.run(engine_cmd(files[:1], tmp / "warm.csv"), cwd=ROOT, env=env_for("onnx"), check=True,
+    # The same for OpenVINO's compiled-network cache.
+    for warm in [b for b in ("onnx", "openvino") if any(x.startswith(b) for x in backends)]:
+        subprocess.run(engine_cmd(files[:1], tmp / "warm.csv"), cwd=ROOT, env=env_for(warm), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def median_run(cmd, env) -> float:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from engine.backends import CHOICES as BACKEND_CHOICES
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.errors import CheckpointError
 from engine.csvsafe import IDENTIFIER_COLUMNS, RESULT_COLUMNS as CSV_COLUMNS
@@ -340,7 +341,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="scoring actors (default: 1 per 2 CPUs of the cluster)")
     p.add_argument("--cpus-per-worker", type=float, default=0, help="CPUs reserved per actor (default: all / workers)")
     p.add_argument("--batch-size", type=int, default=32, help="units per actor call (and network batch)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8"], default=None)
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
+from engine.backends import CHOICES as BACKEND_CHOICES
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.csvsafe import IDENTIFIER_COLUMNS, RESULT_COLUMNS, anonymous_name, result_row, row_writer
 from engine.errors import CheckpointError
@@ -43,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-out", help="folder for a DICOM structured report and heatmap capture per scored DICOM "
                                        "file, in its study (engine/dicom_out.py)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8"], default=None,
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                    help="inference backend (default: $CXR_BACKEND or auto, the fastest measured on this CPU; "
                         "see engine/backends)")
     p.add_argument("--compile", action="store_true",

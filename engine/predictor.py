@@ -196,7 +196,13 @@ class Predictor:
         else:
             path = artefacts.onnx_path(folder, card)
         kwargs.pop("fuse", None)
-        return cls(None, card, runner=OrtRunner(path, choice.name), backend=choice, checkpoint=folder, **kwargs)
+        if choice.name == "openvino":
+            from engine.backends import cpu_info
+            from engine.backends.ov import OpenVinoRunner
+            runner = OpenVinoRunner(path, bfloat16=cpu_info().native_bf16, cache_dir=path.parent / "openvino")
+        else:
+            runner = OrtRunner(path, choice.name)
+        return cls(None, card, runner=runner, backend=choice, checkpoint=folder, **kwargs)
 
     # -- torch objects, loaded on first use when another backend predicts ------------------------
 

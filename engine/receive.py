@@ -40,6 +40,7 @@ import threading
 from typing import Optional, Sequence
 
 from engine import limits
+from engine.backends import CHOICES as BACKEND_CHOICES
 from engine.pacs import SOURCE_RECEIVER, Destination, PacsError, parse_destination, send, study_name
 from engine.metrics import flagged as flag_rule
 
@@ -313,7 +314,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=11112, help="port (default 11112)")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx", "onnx-int8"], default=None,
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                    help="inference backend (default: $CXR_BACKEND or auto)")
     p.add_argument("--allow-aet", action="append", default=None,
                    help="calling AE title allowed to send (repeatable; default: $CXR_RECEIVE_ALLOW_AETS, else any)")

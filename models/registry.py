@@ -1,7 +1,9 @@
 """Architectures offered by the product, built by name.
 
 Each entry names the layer Grad-CAM explains by default and the torchvision ImageNet weights file
-that ``pretrained=True`` looks for on disk.
+that ``pretrained=True`` looks for on disk (torchvision's IMAGENET1K_V1 file names, written out:
+importing torchvision costs about 1.5 s, mostly torch._dynamo, and only the architectures that
+torchvision defines import it, when they are built).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-import torchvision
 from torch import nn
 
 from models.cbam import CBAM
@@ -42,55 +43,54 @@ def _swap_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 
 
 def _densenet121(in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
     m = torchvision.models.densenet121(num_classes=num_classes)
     m.features.conv0 = _swap_conv(m.features.conv0, in_channels)
     return m
 
 
 def _efficientnet_b0(in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
     m = torchvision.models.efficientnet_b0(num_classes=num_classes)
     m.features[0][0] = _swap_conv(m.features[0][0], in_channels)
     return m
 
 
 def _vgg16(in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
     m = torchvision.models.vgg16(num_classes=num_classes)
     m.features[0] = _swap_conv(m.features[0], in_channels)
     return m
 
 
 def _alexnet(in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
     m = torchvision.models.alexnet(num_classes=num_classes)
     m.features[0] = _swap_conv(m.features[0], in_channels)
     return m
 
 
-def _url_name(weights) -> str:
-    return weights.url.rsplit("/", 1)[-1]
-
-
-_W = torchvision.models
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
     Architecture("resnet18_cbam", partial(_resnet, BasicBlock, [2, 2, 2, 2], True), "layer4",
-                 _url_name(_W.ResNet18_Weights.IMAGENET1K_V1), "conv1", "fc",
+                 "resnet18-f37072fd.pth", "conv1", "fc",
                  "ResNet18 with CBAM in every residual block (the product's model)"),
     Architecture("resnet18", partial(_resnet, BasicBlock, [2, 2, 2, 2], False), "layer4",
-                 _url_name(_W.ResNet18_Weights.IMAGENET1K_V1), "conv1", "fc",
+                 "resnet18-f37072fd.pth", "conv1", "fc",
                  "plain ResNet18 (baseline without attention)"),
     Architecture("resnet50_cbam", partial(_resnet, Bottleneck, [3, 4, 6, 3], True), "layer4",
-                 _url_name(_W.ResNet50_Weights.IMAGENET1K_V1), "conv1", "fc",
+                 "resnet50-0676ba61.pth", "conv1", "fc",
                  "ResNet50 with CBAM in every bottleneck block"),
     Architecture("densenet121", _densenet121, "features.denseblock4",
-                 _url_name(_W.DenseNet121_Weights.IMAGENET1K_V1), "features.conv0", "classifier",
+                 "densenet121-a639ec97.pth", "features.conv0", "classifier",
                  "DenseNet-121 (CheXNet's backbone)"),
     Architecture("efficientnet_b0", _efficientnet_b0, "features.8",
-                 _url_name(_W.EfficientNet_B0_Weights.IMAGENET1K_V1), "features.0.0", "classifier",
+                 "efficientnet_b0_rwightman-7f5810bc.pth", "features.0.0", "classifier",
                  "EfficientNet-B0"),
     Architecture("vgg16", _vgg16, "features.29",
-                 _url_name(_W.VGG16_Weights.IMAGENET1K_V1), "features.0", "classifier",
+                 "vgg16-397923af.pth", "features.0", "classifier",
                  "VGG-16"),
     Architecture("alexnet", _alexnet, "features.11",
-                 _url_name(_W.AlexNet_Weights.IMAGENET1K_V1), "features.0", "classifier",
+                 "alexnet-owt-7be5be79.pth", "features.0", "classifier",
                  "AlexNet"),
 ]}
 

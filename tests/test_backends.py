@@ -23,6 +23,7 @@ from helpers import DICOMS, JPEGS, ROOT, SHIPPED_MODEL, assert_close, write_tiny
 pytest.importorskip("onnxruntime")
 REAL = [str(p) for p in JPEGS + DICOMS]
 ONNX_ATOL = 1e-4        # ONNX Runtime float32 against torch float32: the same arithmetic, reordered
+BF16_ATOL = 0.05        # OpenVINO bfloat16 against torch float32 (0.023 at most on 782 validation images)
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +114,34 @@ def test_int8_is_built_gated_and_chosen_only_when_it_passes(cache, tmp_path, flo
     assert not int8.ready(SHIPPED_MODEL)
 
 
+def test_openvino_matches_torch_float32_and_starts_without_torch(cache, tmp_path, float32):
+    pytest.importorskip("openvino")
+    from engine.backends import cpu_info
+    ov = Predictor.from_checkpoint(SHIPPED_MODEL, backend="openvino")
+    assert ov.runner.name == "openvino" and ov.runner.bfloat16 == cpu_info().native_bf16
+    assert ("bfloat16" if cpu_info().native_bf16 else "float32") in ov.backend_label
+    probs = _probs(ov)
+    assert_close(probs, float32, BF16_ATOL if ov.runner.bfloat16 else ONNX_ATOL, "OpenVINO vs torch float32")
+    assert (np.array(probs) >= 0.656).tolist() == (np.array(float32) >= 0.656).tolist()   # same flags here
+    # the features and the stage input (Grad-CAM) come from the same graph
+    x = np.zeros((2, 1, 224, 224), np.float32)
+    out = ov.runner.run_all(x)
+    assert out["logits"].shape == (2, 2) and out["features"].shape[0] == 2 and out["stage_input"].ndim == 4
+    # its compiled network is cached beside the exported graph
+    assert any((artefacts.onnx_path(SHIPPED_MODEL).parent / "openvino").iterdir())
+    out_csv = tmp_path / "ov.csv"
+    code = ("import sys; from engine.predict import main; "
+            f"rc = main([*{REAL!r}, '--out', {str(out_csv)!r}, '--backend', 'openvino', '--quiet']); "
+            "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH'); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CXR_CACHE_DIR": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("NO_TORCH")
+
+
 @pytest.mark.parametrize("flags, expected", [
     ({"avx2", "fma"}, "onnx"),                                       # AMD EPYC, AVX2 only
-    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "onnx"),     # AMD EPYC with AVX512-BF16
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "openvino"), # AMD EPYC with AVX512-BF16
     ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}, "torch"),  # Xeon, AMX
 ])
 def test_choice_follows_the_cpu(monkeypatch, flags, expected):
@@ -124,6 +150,7 @@ def test_choice_follows_the_cpu(monkeypatch, flags, expected):
     monkeypatch.delenv("CXR_PRECISION", raising=False)
     monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo("test CPU", 2, frozenset(flags)))
     monkeypatch.setattr(backends, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
     choice = choose_backend()
     assert choice.name == expected and choice.reason
     assert choose_backend(int8_ready=False).name != "onnx-int8"
@@ -132,4 +159,7 @@ def test_choice_follows_the_cpu(monkeypatch, flags, expected):
     monkeypatch.setenv("CXR_BACKEND", "nonsense")
     with pytest.raises(ValueError):
         choose_backend()
-    assert set(BACKENDS) == {"torch", "onnx", "onnx-int8"}
+    assert set(BACKENDS) == {"torch", "onnx", "onnx-int8", "openvino"}
+    monkeypatch.delenv("CXR_BACKEND")
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)    # not installed: ONNX Runtime
+    assert choose_backend().name == ("torch" if "amx_bf16" in flags else "onnx")

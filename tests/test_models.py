@@ -111,3 +111,14 @@ def test_pretrained_without_a_file_names_the_folder(imagenet_dir):
     with pytest.raises(PretrainedWeightsNotFound) as err:
         build_model("resnet18_cbam", pretrained=True)
     assert str(imagenet_dir / ARCHITECTURES["resnet18_cbam"].weights_file) in str(err.value)
+
+
+def test_weights_file_names_are_torchvisions():
+    """The registry writes torchvision's ImageNet file names out (so building a ResNet does not import
+    torchvision); they must stay the names torchvision's IMAGENET1K_V1 weights download as."""
+    w = torchvision.models
+    expected = {"resnet18_cbam": w.ResNet18_Weights, "resnet18": w.ResNet18_Weights, "resnet50_cbam": w.ResNet50_Weights,
+                "densenet121": w.DenseNet121_Weights, "efficientnet_b0": w.EfficientNet_B0_Weights,
+                "vgg16": w.VGG16_Weights, "alexnet": w.AlexNet_Weights}
+    assert {n: a.weights_file for n, a in ARCHITECTURES.items()} == {
+        n: e.IMAGENET1K_V1.url.rsplit("/", 1)[-1] for n, e in expected.items()}

@@ -10,18 +10,20 @@ machine                                    backend
 an NVIDIA GPU                              ``torch``: CUDA, float16 autocast, channels_last
 a CPU with AMX (Intel Xeon, Sapphire       ``torch``: bfloat16, channels_last, BatchNorm
 Rapids class)                              folded (oneDNN's AMX kernels; measured 3.3x there)
-any other CPU: AVX512-BF16 without AMX     ``onnx``: ONNX Runtime float32 on the exported
-(AMD EPYC here), AVX2 only, ...            graph. Whole process on the AMD EPYC with
-                                           AVX512-BF16: 72 img/s against 30 for torch
-                                           bfloat16 (README, "Speed"); on AVX2, 1.3x torch's
-                                           best float32 path for the network alone
+AVX512-BF16 without AMX (AMD EPYC here)    ``openvino``: OpenVINO bfloat16 on the exported
+                                           graph (network alone 1.9x ONNX Runtime float32
+                                           here; agreement with float32 in engine.backends.ov)
+any other CPU: AVX2 only, AVX-512 without  ``onnx``: ONNX Runtime float32 on the exported
+BF16, ...; or OpenVINO not installed       graph (on AVX2, 1.3x torch's best float32 path
+                                           for the network alone)
 =========================================  ================================================
 
 ``onnx-int8`` (ONNX Runtime on a statically quantised graph) is chosen only where an INT8
 artefact was built for these weights *and* passed its agreement gate against float32 on the
 validation images (:mod:`engine.backends.int8`) *and* the CPU has 8-bit dot-product instructions
-(VNNI or AMX-INT8). ``CXR_BACKEND`` (or ``--backend``) forces one: ``torch``, ``onnx``,
-``onnx-int8`` or ``auto``. ``CXR_PRECISION=float32`` keeps its meaning: torch float32.
+(VNNI or AMX-INT8) *and* the CPU has no native bfloat16 (where it has, bfloat16 is faster and closer
+to float32 than the INT8 graph). ``CXR_BACKEND`` (or ``--backend``) forces one: ``torch``, ``onnx``,
+``onnx-int8``, ``openvino`` (bfloat16 where native, else float32) or ``auto``. ``CXR_PRECISION=float32`` keeps its meaning: torch float32.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 CHOICES = ("auto",) + BACKENDS
 
 # The flags that decide the backend, printed with every benchmark figure.
@@ -99,6 +101,10 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
 @dataclass(frozen=True)
 class BackendChoice:
     name: str       # one of BACKENDS
@@ -123,6 +129,9 @@ def choose_backend(prefer: Optional[str] = None, *, int8_ready: bool = False) ->
     if "amx_bf16" in cpu.flags:
         return BackendChoice("torch", f"the CPU has AMX ({cpu.kind}): torch bfloat16 + channels_last "
                                       "is the fastest measured path there")
+    if cpu.native_bf16 and openvino_available():
+        return BackendChoice("openvino", f"native bfloat16 without AMX ({cpu.kind}): OpenVINO bfloat16 "
+                                         "is the fastest measured path there (and starts without torch)")
     if not onnxruntime_available():
         return BackendChoice("torch", "onnxruntime is not installed: torch" +
                              (" bfloat16" if cpu.native_bf16 else " float32"))
