@@ -41,6 +41,7 @@ class LabelledSet:
     files: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()       # "file: reason" for rows/files that were left out
     sha256s: tuple[str, ...] = ()       # per scored file, when known (images, not a predictions CSV)
+    subgroups: tuple[dict, ...] = ()    # per scored file, when known: {"modality": "CR", "age band": ...}
 
     @property
     def n(self) -> int:
@@ -129,7 +130,7 @@ def label_from_path(name: str, class_names: Sequence[str] = DEFAULT_CLASS_NAMES)
 def labelled_set_from_records(records: Iterable[StudyRow], name: str,
                               class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> LabelledSet:
     """Scored records labelled by their class folder; the others are listed in ``skipped``."""
-    labels, scores, files, skipped, shas = [], [], [], [], []
+    labels, scores, files, skipped, shas, groups = [], [], [], [], [], []
     for r in records:
         label = label_from_path(r.name, class_names)
         if label is None:
@@ -141,11 +142,58 @@ def labelled_set_from_records(records: Iterable[StudyRow], name: str,
             scores.append(r.probability)
             files.append(r.name)
             shas.append(r.sha256)
+            groups.append(subgroups_of(r, class_names))
     if not labels:
         raise LabelledDataError(f"{name}: no readable image inside class folders "
                                 f"({', '.join(c.upper() for c in class_names)}/); {len(skipped)} file(s) skipped")
     return LabelledSet(name, np.asarray(labels, dtype=np.int64), np.asarray(scores, dtype=float),
-                       tuple(files), tuple(skipped), tuple(shas))
+                       tuple(files), tuple(skipped), tuple(shas), tuple(groups))
+
+
+SUBGROUP_FIELDS = ("source", "format", "modality", "view", "age band")
+
+
+def subgroups_of(study: StudyRow, class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> dict:
+    """What a study's subgroups are, from its header and its path: the folder above its class folder
+    ("source": a site or a batch, when the labelled set is organised that way), the file format, and
+    the DICOM modality, view and age band ("unknown" where the file does not say)."""
+    md = study.metadata
+    parts = PurePosixPath(str(study.name).replace("\\", "/")).parts[:-1]
+    names = {str(c).strip().lower() for c in class_names}
+    at = max((i for i, p in enumerate(parts) if p.lower() in names), default=-1)
+    return {"source": parts[at - 1] if at >= 1 else "(top level)", "format": md.format or "unknown",
+            "modality": md.modality or "unknown", "view": md.view_position or "unknown",
+            "age band": md.age_band or "unknown"}
+
+
+def subgroup_metrics(ls: LabelledSet, threshold: float, min_size: int = 1) -> pd.DataFrame:
+    """One row per subgroup value for every field that splits the set (two values or more): counts,
+    AUC where both classes are present, and sensitivity and specificity at ``threshold`` with exact
+    (Clopper-Pearson) 95% intervals. Empty when the data carry no subgroups (a predictions CSV, or
+    a set with one modality, view, age band and source)."""
+    rows = []
+    if not ls.subgroups:
+        return pd.DataFrame(rows)
+    for key in SUBGROUP_FIELDS:
+        values = np.array([g.get(key, "unknown") for g in ls.subgroups])
+        if len(set(values.tolist())) < 2:
+            continue
+        for value in sorted(set(values.tolist())):
+            m = values == value
+            y, s = ls.labels[m], ls.scores[m]
+            if m.sum() < min_size:
+                continue
+            pos, neg = int(y.sum()), int((1 - y).sum())
+            flags = M.flagged(s, threshold)
+            tp, tn = int((flags & (y == 1)).sum()), int((~flags & (y == 0)).sum())
+            row = {"subgroup": key, "value": value, "n": int(m.sum()), "normal": neg, "pneumonia": pos,
+                   "auc": M.roc_auc(y, s) if pos and neg else np.nan}
+            for name, k, n in (("sensitivity", tp, pos), ("specificity", tn, neg)):
+                lo, hi = M.clopper_pearson(k, n) if n else (np.nan, np.nan)
+                row[name] = k / n if n else np.nan
+                row[f"{name} 95% CI"] = f"{lo:.3f} – {hi:.3f}" if n else ""
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def per_file(ls: LabelledSet, threshold: float) -> pd.DataFrame:

@@ -28,6 +28,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from engine.metrics import flagged as flag_rule
+
 from engine import metrics as M
 
 MIN_PER_CLASS = 30
@@ -160,7 +162,7 @@ def labels_from_decisions(decisions: Sequence[dict]) -> tuple[np.ndarray, np.nda
         latest[d["study_id"]] = d
     labels, scores = [], []
     for d in latest.values():
-        flagged = float(d["probability"]) >= float(d["threshold"])
+        flagged = bool(flag_rule(float(d["probability"]), float(d["threshold"])))
         agree = d["decision"] == "agree"
         labels.append(1 if flagged == agree else 0)
         scores.append(float(d["probability"]))

@@ -395,3 +395,26 @@ def test_review_queue_opens_steps_and_moves_on_after_a_decision():
     assert q.after_decision(b) == d and q.after_decision(d) == b
     assert ReviewQueue.of(W.build_worklist(recs[:1]), 0.5).after_decision(a) is None   # queue done
     assert ReviewQueue.of(W.build_worklist(recs), 0.95).step(c, +1) is None            # nothing flagged
+
+
+def test_subgroup_metrics_split_by_what_the_data_carry():
+    cr = StudyMetadata(format="dicom", modality="CR", view_position="PA", age_band="18 or older")
+    dx = StudyMetadata(format="dicom", modality="DX", view_position="PA", age_band="18 or older")
+    recs = [study("siteA/NORMAL/a.dcm", "1" * 64, "ok", 0.2, metadata=cr),
+            study("siteA/PNEUMONIA/b.dcm", "2" * 64, "ok", 0.9, metadata=cr),
+            study("siteB/NORMAL/c.dcm", "3" * 64, "ok", 0.8, metadata=dx),
+            study("siteB/PNEUMONIA/d.dcm", "4" * 64, "ok", 0.6, metadata=dx),
+            study("siteB/PNEUMONIA/e.dcm", "5" * 64, "ok", 0.3, metadata=dx)]
+    ls = E.labelled_set_from_records(recs, "sites")
+    assert ls.subgroups[0] == {"source": "siteA", "format": "dicom", "modality": "CR", "view": "PA",
+                               "age band": "18 or older"}
+    table = E.subgroup_metrics(ls, 0.5)
+    assert set(table["subgroup"]) == {"source", "modality"}          # view, format, age band do not split
+    b = table[(table["subgroup"] == "source") & (table["value"] == "siteB")].iloc[0]
+    assert (b["n"], b["normal"], b["pneumonia"]) == (3, 1, 2)
+    assert b["auc"] == 0.0 and b["sensitivity"] == 0.5 and b["specificity"] == 0.0   # hand-worked
+    lo, hi = M.clopper_pearson(1, 2)
+    assert b["sensitivity 95% CI"] == f"{lo:.3f} – {hi:.3f}"
+    one_site = E.labelled_set_from_records(recs[:2], "A")
+    assert E.subgroup_metrics(one_site, 0.5).empty
+    assert E.subgroup_metrics(E.LabelledSet("csv", ls.labels, ls.scores), 0.5).empty   # a CSV carries none

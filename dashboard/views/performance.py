@@ -17,7 +17,7 @@ from engine.sources import items_from_uploads, iter_inputs
 from dashboard import figures, resources, state
 from dashboard.batch import MAX_FILES, score_items
 from dashboard.evaluation import (LabelledDataError, LabelledSet, labelled_set_from_records, metrics_table,
-                                  per_file)
+                                  per_file, subgroup_metrics, subgroups_of)
 from engine.ingest import cached_item, ingest
 
 SOURCES = ("Model's validation predictions", "Predictions CSV", "Images in class folders",
@@ -85,8 +85,11 @@ def _reviewed_source() -> Optional[LabelledSet]:
         st.info("No reviewed studies in your worklist yet: record decisions on the Review page.")
         return None
     labels, scores = labels_from_decisions(decisions)
-    names = {d["study_id"]: d["name"] for d in decisions}
-    return LabelledSet(f"your {len(labels)} reviewed studies", labels, scores, tuple(names.values()))
+    names = {d["study_id"]: d["name"] for d in decisions}          # in the order labels_from_decisions keeps
+    stored = {r.id: r for r in resources.store().studies(state.worklist(), state.model_ref().key)}
+    groups = tuple(subgroups_of(stored[i]) if i in stored else {} for i in names)
+    return LabelledSet(f"your {len(labels)} reviewed studies", labels, scores, tuple(names.values()),
+                       subgroups=groups)
 
 
 def _folder_source(ref, pred) -> Optional[LabelledSet]:
@@ -186,6 +189,7 @@ def render() -> None:
         col.metric(label, f"{v:,}")
 
     _errors_section(ls, thr)
+    _subgroup_section(ls, thr)
 
     fpr, tpr, _ = M.roc_curve(y, s)
     auc = M.roc_auc(y, s)
@@ -206,6 +210,23 @@ def render() -> None:
     g5.plotly_chart(figures.calibration_figure(bins, ece), key="fig_calibration")
     with g6:
         _site_profile_section(ls, f"{card.name} {card.version}".strip(), _source_label(ls))
+
+
+def _subgroup_section(ls: LabelledSet, thr: float) -> None:
+    """Metrics per subgroup (source folder, format, modality, view, age band) where the data carry them."""
+    table = subgroup_metrics(ls, thr)
+    if table.empty:
+        if ls.subgroups:
+            st.caption("Subgroups: every scored image has the same source folder, format, modality, view and "
+                       "age band, so there is nothing to split by.")
+        return
+    small = int((table[["normal", "pneumonia"]].min(axis=1) < 30).sum())
+    with st.expander(f"Metrics per subgroup at {thr:.3f} ({len(table)} groups)", icon=":material/groups:"):
+        if small:
+            st.caption(f"{small} group(s) have fewer than 30 cases of a class: their intervals are wide and "
+                       "their estimates unreliable.")
+        st.dataframe(table, hide_index=True, key="perf_subgroups", column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in ("auc", "sensitivity", "specificity")})
 
 
 def _open_error(name: str, sha: str) -> None:
