@@ -21,8 +21,8 @@ BF16, ...; or OpenVINO not installed       graph (on AVX2, 1.3x torch's best flo
 ``onnx-int8`` (ONNX Runtime on a statically quantised graph) is chosen only where an INT8
 artefact was built for these weights *and* passed its agreement gate against float32 on the
 validation images (:mod:`engine.backends.int8`) *and* the CPU has 8-bit dot-product instructions
-(VNNI or AMX-INT8) *and* the CPU has no native bfloat16 (where it has, bfloat16 is faster and closer
-to float32 than the INT8 graph). ``CXR_BACKEND`` (or ``--backend``) forces one: ``torch``, ``onnx``,
+(VNNI or AMX-INT8) *and* OpenVINO bfloat16 was not chosen before it (where the CPU has native
+bfloat16, that is faster than the INT8 graph, which keeps layers 1-3 in float32). ``CXR_BACKEND`` (or ``--backend``) forces one: ``torch``, ``onnx``,
 ``onnx-int8``, ``openvino`` (bfloat16 where native, else float32) or ``auto``. ``CXR_PRECISION=float32`` keeps its meaning: torch float32.
 """
 
