@@ -39,6 +39,7 @@ TRIM_PENDING = "_trim_pending"   # hand freed memory back to the system on the n
 PERF_SOURCE = "perf_source"      # Performance: which labelled data the page scores
 PERF_SCORED = "perf_scored"      # Performance: {"signature": ..., "set": LabelledSet} scored last
 SITE_MESSAGE = "_site_msg"       # Performance: the message saving a site profile leaves
+CMP_SCORED = "cmp_scored"        # Compare: {"signature": (checkpoints, folder), "models": [ScoredModel]}
 INBOX_SEEN = "_inbox_seen_version"   # the store version of the inbox this session last drew
 PACS_HITS = "_pacs_hits"         # the studies the last PACS query found
 

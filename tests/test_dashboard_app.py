@@ -29,7 +29,8 @@ from engine.checkpoint import DEFAULT_MODEL_DIR, read_card
 from engine.decode import read_image
 from engine.explain import Explainer
 from engine.predictor import Predictor
-from engine.sources import items_from_uploads
+from engine.sources import items_from_uploads, iter_inputs
+from helpers import write_tiny_checkpoint
 
 from dashboard import resources
 
@@ -540,3 +541,29 @@ def test_compare_two_evaluation_folders(app, tmp_path, monkeypatch):
     spec = json.loads(app.get("plotly_chart")[-1].proto.spec)
     names = [t["name"] for t in spec["data"]]
     assert f"strong (AUC {good['auc']:.3f})" in names and f"weak (AUC {weak['auc']:.3f})" in names
+
+
+def test_compare_scores_checkpoints_on_a_labelled_folder(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_MODELS_ROOT", str(tmp_path / "models"))
+    tiny = (tmp_path / "models" / "tiny").resolve()
+    write_tiny_checkpoint(tiny, seed=3)
+    app.switch_page("views/compare.py").run()
+    assert "models/tiny" in app.multiselect(key="cmp_ckpts").options         # found under the models root
+    app.multiselect(key="cmp_ckpts").select(str(tiny)).run()
+    app.text_input(key="cmp_folder").input("kermany").run()                 # under the data root
+    app.button(key="cmp_score").click().run()
+    assert not app.exception, [e.message for e in app.exception]
+    table = frame_with(app, "auc 95% CI").set_index("model")
+    assert list(table.index) == ["shipped default model", "models/tiny"]
+    # the shipped model's row is the engine's own scores of these images, labelled by their folders
+    files = sorted((SAMPLE / "kermany").glob("*/*.jpeg"))
+    labels = np.array([1 if f.parent.name == "PNEUMONIA" else 0 for f in files])
+    probs = np.array([p.probability for p in Predictor.from_checkpoint(DEFAULT_MODEL_DIR).predict_stream(
+        iter_inputs([str(f) for f in files]))])
+    shipped = table.loc["shipped default model"]
+    assert shipped["n"] == len(files) and shipped["auc"] == pytest.approx(M.roc_auc(labels, probs), abs=1e-6)
+    assert shipped["threshold"] == pytest.approx(CARD.threshold)
+    assert shipped["sensitivity"] == pytest.approx(M.confusion_at(labels, probs, CARD.threshold).sensitivity)
+    delong = frame_with(app, "A − B")                                        # paired, on the same files
+    assert len(delong) == 1 and delong["A − B"].iloc[0] == pytest.approx(
+        shipped["auc"] - table.loc["models/tiny", "auc"], abs=1e-9)

@@ -8,14 +8,83 @@ import streamlit as st
 
 from engine import metrics as M
 
-from dashboard import figures, resources
-from dashboard.evaluation import EvaluationFolderError, compare_table, find_evaluation_folders
-from engine.paths import PathNotAllowed, confine_any
+from dashboard import figures, resources, state
+from dashboard.batch import MAX_FILES, score_items
+from dashboard.evaluation import (EvaluationFolderError, LabelledDataError, compare_table, find_evaluation_folders,
+                                  labelled_set_from_records)
+from dashboard.model_comparison import ScoredModel, comparison_table, find_checkpoints, paired_auc_tests
+from engine.checkpoint import DEFAULT_MODEL_DIR
+from engine.paths import PathNotAllowed, allowed_roots, confine, confine_any
 from engine.paired import paired_tests
+from engine.sources import iter_inputs
+
+
+def _checkpoint_label(path: str) -> str:
+    folder = Path(path)
+    return "shipped default model" if folder == Path(DEFAULT_MODEL_DIR).resolve() else \
+        f"{folder.parent.name}/{folder.name}"
+
+
+def _score_checkpoints() -> None:
+    """Score chosen checkpoints (an ensemble folder is one) on one labelled folder, then compare."""
+    st.subheader("Score checkpoints on your labelled images")
+    st.caption("Each checkpoint scores the same images (a folder with NORMAL/ and PNEUMONIA/ sub-folders, under "
+               "the server's data roots); every file is scored once per model and kept in the store. Thresholds "
+               "are each model's own card threshold.")
+    found = [str(p) for p in find_checkpoints([Path(DEFAULT_MODEL_DIR).resolve().parent, *allowed_roots("models")])]
+    default = str(Path(DEFAULT_MODEL_DIR).resolve())
+    chosen = st.multiselect("Checkpoints", found, default=[default] if default in found else found[:1],
+                            key="cmp_ckpts", format_func=_checkpoint_label)
+    folder = st.text_input("Labelled folder", key="cmp_folder", persist_state="session").strip()
+    signature = (tuple(chosen), folder)
+    if st.button("Score and compare", key="cmp_score", disabled=not (chosen and folder),
+                 icon=":material/play_arrow:"):
+        try:
+            root = confine(folder, "data")
+        except PathNotAllowed as exc:
+            st.error(str(exc))
+            return
+        scored = []
+        bar = st.progress(0.0, text="Scoring…")
+        for i, path in enumerate(chosen):
+            ref = resources.model_ref(path)
+            pred = resources.predictor(ref)
+            records = score_items(iter_inputs([root]), pred, ref.key, resources.store(), max_files=MAX_FILES,
+                                  progress=lambda d, t, i=i: bar.progress(
+                                      (i + d / max(t or d, 1)) / len(chosen),
+                                      text=f"{_checkpoint_label(path)}: {d:,} of {t:,}"))
+            try:
+                ls = labelled_set_from_records(records, folder, pred.card.class_names)
+            except LabelledDataError as exc:
+                bar.empty()
+                st.error(str(exc))
+                return
+            scored.append(ScoredModel(_checkpoint_label(path), float(pred.card.threshold), ls))
+        bar.empty()
+        st.session_state[state.CMP_SCORED] = {"signature": signature, "models": scored}
+    done = st.session_state.get(state.CMP_SCORED)
+    if not done or done["signature"] != signature:
+        return
+    models = done["models"]
+    st.dataframe(comparison_table(models), hide_index=True, key="cmp_scored_table", column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in ("auc", "threshold", "sensitivity", "specificity")})
+    tests = paired_auc_tests(models)
+    if not tests.empty:
+        st.caption("Paired differences in AUC (DeLong), on the same files")
+        st.dataframe(tests, hide_index=True, key="cmp_scored_delong", column_config={
+            **{c: st.column_config.NumberColumn(format="%.4f") for c in ("AUC A", "AUC B", "A − B")},
+            "p": st.column_config.NumberColumn(format="%.3g")})
+    curves = {m.name: (*M.roc_curve(m.scores.labels, m.scores.scores)[:2], M.roc_auc(m.scores.labels, m.scores.scores))
+              for m in models if m.scores.both_classes}
+    if curves:
+        st.plotly_chart(figures.compare_roc_figure(curves), key="fig_scored_roc")
 
 
 def render() -> None:
     st.title("Compare models")
+    _score_checkpoints()
+    st.divider()
+    st.subheader("Evaluation folders")
     st.caption("Each folder is an output of `python -m training.evaluate` (metrics.json, "
                "predictions.csv, optionally model_card.json). Compare models on the same test set.")
     found = [str(p) for p in find_evaluation_folders(resources.EVALUATIONS_DIR)]
