@@ -1,7 +1,7 @@
 """Score an archive on a Ray cluster (Ray Data batch inference), resumably.
 
     python -m engine.archive SOURCE [SOURCE ...] --out DIR [--address ADDRESS] [--checkpoint DIR]
-                             [--threshold T] [--heatmaps] [--csv] [--include-identifiers]
+                             [--threshold T] [--heatmaps] [--csv] [--include-identifiers] [--anonymise-names]
                              [--workers N] [--batch-size B] [--backend auto|torch|onnx|onnx-int8]
 
 SOURCE: a folder (recursive), a ZIP archive, a manifest CSV of paths (a ``path`` column, or the
@@ -16,7 +16,9 @@ writes them as they arrive.
 ``DIR`` gets ``parts/`` (one Parquet file per scored batch, written atomically),
 ``predictions.parquet`` (every input exactly once, the columns of ``engine.predict``'s CSV; patient
 identifiers only with ``--include-identifiers``), ``predictions.csv`` with ``--csv``,
-``heatmaps/`` with ``--heatmaps`` and ``summary.json`` (counts, seconds, throughput).
+``heatmaps/`` with ``--heatmaps`` and ``summary.json`` (counts, seconds, throughput). With
+``--anonymise-names`` the outputs name each file ``file-<hash>`` (as ``engine.predict`` does);
+``parts/``, the run's resumable state, keeps the names: delete it once the run is complete.
 
 Resumable and idempotent: a rerun reads ``parts/``; a file whose name and SHA-256 already have a
 row from the same model weights is not scored again (it is read and hashed, not decoded), so a
@@ -43,7 +45,7 @@ from typing import Iterator, Optional, Sequence
 from engine.backends import CHOICES as BACKEND_CHOICES
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.errors import CheckpointError
-from engine.csvsafe import IDENTIFIER_COLUMNS, RESULT_COLUMNS as CSV_COLUMNS
+from engine.csvsafe import IDENTIFIER_COLUMNS, RESULT_COLUMNS as CSV_COLUMNS, anonymous_name
 from engine.metrics import flagged as flag_rule
 
 log = logging.getLogger(__name__)
@@ -286,8 +288,9 @@ def _write_part(parts: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def consolidate(out: Path, order: dict[str, float], threshold: float, *, include_identifiers: bool,
-                csv_too: bool) -> dict:
-    """Newest row per file, in listing order, flagged at ``threshold``: predictions.parquet (+ CSV)."""
+                csv_too: bool, anonymise_names: bool = False) -> dict:
+    """Newest row per file, in listing order, flagged at ``threshold``: predictions.parquet (+ CSV).
+    ``anonymise_names``: each file name (and its mention in the message) becomes ``file-<hash>``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     table = _read_parts(out / "parts")
@@ -305,6 +308,9 @@ def consolidate(out: Path, order: dict[str, float], threshold: float, *, include
     final = []
     for r in ordered:
         ok = r["status"] == "ok"
+        if anonymise_names:
+            label = anonymous_name(r["file"])
+            r = {**r, "file": label, "message": (r.get("message") or "").replace(r["file"], label)}
         final.append({**{c: r.get(c) or "" for c in columns},
                       "probability": r["probability"] if ok else None,
                       "flagged": flag_rule(r["probability"], threshold) if ok else None, "threshold": threshold})
@@ -338,6 +344,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", action="store_true", help="write DIR/heatmaps/NAME_<sha>.png (original | Grad-CAM)")
     p.add_argument("--csv", action="store_true", help="also write predictions.csv")
     p.add_argument("--include-identifiers", action="store_true", help="add patient identifier columns")
+    p.add_argument("--anonymise-names", "--anonymize-names", dest="anonymise_names", action="store_true",
+                   help="write file-<hash> instead of each file name in predictions.* and heatmaps/ (file "
+                        "names often hold patients' names; parts/, the run's resumable state, keeps them)")
     p.add_argument("--workers", type=int, default=0, help="scoring actors (default: 1 per 2 CPUs of the cluster)")
     p.add_argument("--cpus-per-worker", type=float, default=0, help="CPUs reserved per actor (default: all / workers)")
     p.add_argument("--batch-size", type=int, default=32, help="units per actor call (and network batch)")
@@ -434,12 +443,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 counts["scored" if row["status"] == "ok" else "errors"] += 1
                 png = rec.get("heatmap_png")
                 if args.heatmaps and png:
-                    _write_png(heat_dir, row["file"], row["sha256"], png)
+                    _write_png(heat_dir, anonymous_name(row["file"]) if args.anonymise_names else row["file"],
+                               row["sha256"], png)
             _write_part(parts, rows, part_columns)
             bar.update(counts["scored"] + counts["skipped"] + counts["errors"] - bar.n)
     bar.close()
     seconds = time.perf_counter() - t_score
-    result = consolidate(out, order, threshold, include_identifiers=args.include_identifiers, csv_too=args.csv)
+    result = consolidate(out, order, threshold, include_identifiers=args.include_identifiers, csv_too=args.csv,
+                         anonymise_names=args.anonymise_names)
     summary = {**result, "this_run": counts, "workers": workers, "cpus_per_worker": cpus_per_worker,
                "cluster_cpus": cpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
                "scoring_seconds": round(seconds, 2), "total_seconds": round(time.perf_counter() - t0, 2),

@@ -189,3 +189,17 @@ def test_archive_manifest_glob_heatmaps_and_a_changed_file(ray_address, tmp_path
     new = {r["file"]: r for r in pq.read_table(out / "predictions.parquet").to_pylist()}
     assert new[JPEGS[0].name]["sha256"] != by_name[JPEGS[0].name]["sha256"]
     assert len(new) == len(by_name)
+
+    # --anonymise-names: the outputs name files by a hash (file names often hold patients' names)
+    from engine.csvsafe import anonymous_name
+    shutil.copyfile(JPEGS[-2], data / JPEGS[1].name)
+    before = {p.name for p in (out / "heatmaps").iterdir()}
+    run = _archive(args + ["--anonymise-names", "--csv"])
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr[-3000:]
+    hidden = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert sorted(r["file"] for r in hidden) == sorted(anonymous_name(n) for n in new)
+    [png] = {p.name for p in (out / "heatmaps").iterdir()} - before        # the one file scored again
+    text = (out / "predictions.csv").read_text() + " " + png
+    assert not any(n in text or n.rsplit(".", 1)[0] in text for n in new)
+    assert png.startswith(anonymous_name(JPEGS[1].name))
