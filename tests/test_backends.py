@@ -75,16 +75,21 @@ def test_export_is_cached_and_rebuilt_when_the_weights_change(cache, tmp_path):
     assert meta["weights_sha256"] == artefacts.weights_sha256(ckpt)
 
 
-def test_predict_cli_does_not_import_torch_on_the_onnx_backend(cache, tmp_path, float32):
-    artefacts.onnx_path(SHIPPED_MODEL)      # the export is made once, before (it needs torch)
-    out = tmp_path / "out.csv"
+def _predict_without_torch(backend: str, out, cache) -> None:
+    """``engine.predict`` on the real samples in a fresh process; asserts it never imported torch."""
     code = ("import sys; from engine.predict import main; "
-            f"rc = main([*{REAL!r}, '--out', {str(out)!r}, '--backend', 'onnx', '--quiet']); "
+            f"rc = main([*{REAL!r}, '--out', {str(out)!r}, '--backend', {backend!r}, '--quiet']); "
             "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH'); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "CXR_CACHE_DIR": str(cache)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("NO_TORCH")
+
+
+def test_predict_cli_does_not_import_torch_on_the_onnx_backend(cache, tmp_path, float32):
+    artefacts.onnx_path(SHIPPED_MODEL)      # the export is made once, before (it needs torch)
+    out = tmp_path / "out.csv"
+    _predict_without_torch("onnx", out, cache)
     import csv
     rows = list(csv.DictReader(open(out)))
     assert [r["status"] for r in rows] == ["ok"] * len(REAL)
@@ -129,14 +134,7 @@ def test_openvino_matches_torch_float32_and_starts_without_torch(cache, tmp_path
     assert out["logits"].shape == (2, 2) and out["features"].shape[0] == 2 and out["stage_input"].ndim == 4
     # its compiled network is cached beside the exported graph
     assert any((artefacts.onnx_path(SHIPPED_MODEL).parent / "openvino").iterdir())
-    out_csv = tmp_path / "ov.csv"
-    code = ("import sys; from engine.predict import main; "
-            f"rc = main([*{REAL!r}, '--out', {str(out_csv)!r}, '--backend', 'openvino', '--quiet']); "
-            "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH'); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CXR_CACHE_DIR": str(cache)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("NO_TORCH")
+    _predict_without_torch("openvino", tmp_path / "ov.csv", cache)
 
 
 @pytest.mark.parametrize("flags, expected", [
