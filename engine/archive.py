@@ -154,8 +154,9 @@ class ArchiveScorer:
 
     def __init__(self, checkpoint: str, backend: Optional[str], threads: int, heatmaps: bool,
                  include_identifiers: bool, batch_size: int) -> None:
-        if threads:
+        if threads:                     # the actor's share of the node's cores, whichever backend runs
             os.environ.setdefault("CXR_ORT_THREADS", str(threads))
+            os.environ.setdefault("CXR_OV_THREADS", str(threads))
         from engine.predictor import Predictor
         self.predictor = Predictor.from_checkpoint(checkpoint, backend=backend)
         if threads and self.predictor.runner.name == "torch":

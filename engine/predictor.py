@@ -172,15 +172,19 @@ class Predictor:
         else:
             from engine.backends import int8
             choice = choose_backend(backend, int8_ready=int8.ready(folder, card))
-        if choice.name != "torch":
+        forced = (backend or os.environ.get("CXR_BACKEND") or "auto").lower() != "auto"
+        while choice.name != "torch":
             try:
                 return cls._onnx(folder, card, choice, **kwargs)
             except Exception as exc:
-                if (backend or "").lower() not in ("", "auto"):
+                if forced:
                     raise
-                log.warning("%s backend unavailable (%s: %s); running torch", choice.name,
-                            type(exc).__name__, exc)
-                choice = BackendChoice("torch", f"{choice.name} could not start ({type(exc).__name__})")
+                # chosen automatically but cannot start here: OpenVINO falls back to ONNX Runtime,
+                # ONNX Runtime to torch
+                following = "onnx" if choice.name == "openvino" else "torch"
+                log.warning("%s backend unavailable (%s: %s); trying %s", choice.name,
+                            type(exc).__name__, exc, following)
+                choice = BackendChoice(following, f"{choice.name} could not start ({type(exc).__name__})")
         from engine.checkpoint import load_checkpoint
         model, card = load_checkpoint(folder)
         return cls(model, card, policy, backend=choice, checkpoint=folder, **kwargs)

@@ -161,3 +161,22 @@ def test_choice_follows_the_cpu(monkeypatch, flags, expected):
     monkeypatch.delenv("CXR_BACKEND")
     monkeypatch.setattr(backends, "openvino_available", lambda: False)    # not installed: ONNX Runtime
     assert choose_backend().name == ("torch" if "amx_bf16" in flags else "onnx")
+
+
+def test_an_automatic_backend_that_cannot_start_falls_back_in_order(cache, monkeypatch, float32):
+    import engine.backends as backends
+    import engine.backends.ov as ov
+    monkeypatch.delenv("CXR_BACKEND", raising=False)
+    monkeypatch.delenv("CXR_PRECISION", raising=False)
+    monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo("test CPU", 2, frozenset({"avx2", "avx512_bf16"})))
+    monkeypatch.setattr(backends, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no CPU plugin here")
+    monkeypatch.setattr(ov, "OpenVinoRunner", broken)
+    p = Predictor.from_checkpoint(SHIPPED_MODEL)                   # auto: OpenVINO, then ONNX Runtime
+    assert p.runner.name == "onnx" and "openvino could not start" in p.backend.reason
+    assert_close(_probs(p), float32, ONNX_ATOL, "fallback ONNX Runtime vs torch float32")
+    with pytest.raises(RuntimeError, match="no CPU plugin"):
+        Predictor.from_checkpoint(SHIPPED_MODEL, backend="openvino")   # asked for: the error is the answer
