@@ -555,6 +555,9 @@ def test_compare_scores_checkpoints_on_a_labelled_folder(app, tmp_path, monkeypa
     assert not app.exception, [e.message for e in app.exception]
     table = frame_with(app, "auc 95% CI").set_index("model")
     assert list(table.index) == ["shipped default model", "models/tiny"]
+    # the sample images were among the shipped model's training images: the page says so
+    assert any(w.value.startswith("shipped default model:") and "not a held-out evaluation" in w.value
+               for w in app.warning)
     # the shipped model's row is the engine's own scores of these images, labelled by their folders
     files = sorted((SAMPLE / "kermany").glob("*/*.jpeg"))
     labels = np.array([1 if f.parent.name == "PNEUMONIA" else 0 for f in files])

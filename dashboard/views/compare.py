@@ -16,6 +16,7 @@ from dashboard.model_comparison import ScoredModel, comparison_table, find_check
 from engine.checkpoint import DEFAULT_MODEL_DIR
 from engine.paths import PathNotAllowed, allowed_roots, confine, confine_any
 from engine.paired import paired_tests
+from engine.provenance import overlap_warning
 from engine.sources import iter_inputs
 
 
@@ -66,6 +67,10 @@ def _score_checkpoints() -> None:
     if not done or done["signature"] != signature:
         return
     models = done["models"]
+    for path, m in zip(done["signature"][0], models):
+        overlap = overlap_warning(path, m.scores.sha256s)
+        if overlap:
+            st.warning(f"{m.name}: {overlap}.", icon=":material/warning:")
     st.dataframe(comparison_table(models), hide_index=True, key="cmp_scored_table", column_config={
         c: st.column_config.NumberColumn(format="%.3f") for c in ("auc", "threshold", "sensitivity", "specificity")})
     tests = paired_auc_tests(models)
