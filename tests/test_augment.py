@@ -61,3 +61,19 @@ def test_full_equalisation_gives_a_flat_histogram(batch):
     out = augment_batch(batch, dataclasses.replace(OFF, equalize_p=1.0, equalize_mix=(1.0, 1.0)))
     values = out.flatten(1).sort(1).values
     torch.testing.assert_close(values, torch.linspace(0, 1, values.shape[1]).expand_as(values))
+
+
+def test_clahe_is_opencvs_with_the_drawn_settings(batch):
+    import cv2
+    import numpy as np
+    cfg = dataclasses.replace(OFF, clahe_p=1.0, clahe_clip=(2.0, 2.0), clahe_tiles=(8, 8))
+    out = augment_batch(batch, cfg, torch.Generator().manual_seed(3))
+    for before, after in zip(batch, out):
+        eight_bit = (before[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        expected = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(eight_bit).astype(np.float32) / 255
+        torch.testing.assert_close(after[0], torch.from_numpy(expected), atol=1e-6, rtol=0)
+    # off by default, and drawn per image when on: two seeds give two different batches
+    assert AugmentConfig().clahe_p == 0.0
+    some = dataclasses.replace(OFF, clahe_p=1.0)
+    assert not torch.equal(augment_batch(batch, some, torch.Generator().manual_seed(1)),
+                           augment_batch(batch, some, torch.Generator().manual_seed(2)))

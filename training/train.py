@@ -83,6 +83,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="probability of a black border around the shrunk film (wider collimation; off by default)")
     p.add_argument("--augment-equalize", type=float, default=0.0, metavar="P",
                    help="probability of blending in histogram equalisation (off by default)")
+    p.add_argument("--augment-clahe", type=float, default=0.0, metavar="P",
+                   help="probability of CLAHE with a random clip limit and tile grid (off by default)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (augmentation)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
     p.add_argument("--plain-kernels", action="store_true",
@@ -180,7 +182,7 @@ def _finalise(model, card: ModelCard, out_dir: Path, val_samples, rule: str, hal
 RESUME_MUST_MATCH = ("data_dir", "arch", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
                      "scheduler", "image_size", "in_channels", "intensity", "seed", "split_seed", "limit",
                      "train_splits", "val_fraction", "loss", "sampler", "label_smoothing", "ema",
-                     "hflip", "no_augment", "augment_border", "augment_equalize", "pretrained")
+                     "hflip", "no_augment", "augment_border", "augment_equalize", "augment_clahe", "pretrained")
 
 
 def _check_resume_args(saved: dict, now: dict) -> None:
@@ -250,7 +252,8 @@ def main(args: argparse.Namespace) -> Path:
     scaler = torch.amp.GradScaler("cuda") if policy.autocast_dtype == torch.float16 else None
 
     augment = None if args.no_augment else AugmentConfig(hflip=args.hflip, border_p=args.augment_border,
-                                                         equalize_p=args.augment_equalize)
+                                                         equalize_p=args.augment_equalize,
+                                                         clahe_p=args.augment_clahe)
     collate = BatchCollator(train_x, train_y, prep, augment)
     g = torch.Generator().manual_seed(args.seed)
     if world > 1:
