@@ -166,6 +166,18 @@ def subgroups_of(study: StudyRow, class_names: Sequence[str] = DEFAULT_CLASS_NAM
             "age band": md.age_band or "unknown"}
 
 
+def sensitivity_specificity(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Sensitivity and specificity at ``threshold`` with exact (Clopper-Pearson) 95% intervals as text,
+    the columns every comparison table shows (NaN and "" for a class that is absent)."""
+    conf = M.confusion_at(labels, scores, threshold)
+    out = {}
+    for name, k, n in (("sensitivity", conf.tp, conf.tp + conf.fn), ("specificity", conf.tn, conf.tn + conf.fp)):
+        lo, hi = M.clopper_pearson(k, n) if n else (np.nan, np.nan)
+        out[name] = k / n if n else np.nan
+        out[f"{name} 95% CI"] = f"{lo:.3f} – {hi:.3f}" if n else ""
+    return out
+
+
 def subgroup_metrics(ls: LabelledSet, threshold: float, min_size: int = 1) -> pd.DataFrame:
     """One row per subgroup value for every field that splits the set (two values or more): counts,
     AUC where both classes are present, and sensitivity and specificity at ``threshold`` with exact
@@ -184,15 +196,9 @@ def subgroup_metrics(ls: LabelledSet, threshold: float, min_size: int = 1) -> pd
             if m.sum() < min_size:
                 continue
             pos, neg = int(y.sum()), int((1 - y).sum())
-            flags = M.flagged(s, threshold)
-            tp, tn = int((flags & (y == 1)).sum()), int((~flags & (y == 0)).sum())
-            row = {"subgroup": key, "value": value, "n": int(m.sum()), "normal": neg, "pneumonia": pos,
-                   "auc": M.roc_auc(y, s) if pos and neg else np.nan}
-            for name, k, n in (("sensitivity", tp, pos), ("specificity", tn, neg)):
-                lo, hi = M.clopper_pearson(k, n) if n else (np.nan, np.nan)
-                row[name] = k / n if n else np.nan
-                row[f"{name} 95% CI"] = f"{lo:.3f} – {hi:.3f}" if n else ""
-            rows.append(row)
+            rows.append({"subgroup": key, "value": value, "n": int(m.sum()), "normal": neg, "pneumonia": pos,
+                         "auc": M.roc_auc(y, s) if pos and neg else np.nan,
+                         **sensitivity_specificity(y, s, threshold)})
     return pd.DataFrame(rows)
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from engine import metrics as M
 
-from dashboard.evaluation import LabelledSet
+from dashboard.evaluation import LabelledSet, sensitivity_specificity
 
 CARD_FILE = "model_card.json"
 
@@ -59,15 +59,9 @@ def comparison_table(models: Sequence[ScoredModel], n_resamples: int = 1000) -> 
         both = ls.both_classes
         auc = M.roc_auc(ls.labels, ls.scores) if both else np.nan
         lo, hi = M.bootstrap_ci(ls.labels, ls.scores, M.roc_auc, n_resamples=n_resamples) if both else (np.nan, np.nan)
-        conf = M.confusion_at(ls.labels, ls.scores, m.threshold)
-        row = {"model": m.name, "n": ls.n, "auc": auc, "auc 95% CI": f"{lo:.3f} – {hi:.3f}" if both else "",
-               "threshold": m.threshold}
-        for name, k, n in (("sensitivity", conf.tp, conf.tp + conf.fn), ("specificity", conf.tn, conf.tn + conf.fp)):
-            row[name] = k / n if n else np.nan
-            c_lo, c_hi = M.clopper_pearson(k, n) if n else (np.nan, np.nan)
-            row[f"{name} 95% CI"] = f"{c_lo:.3f} – {c_hi:.3f}" if n else ""
-        row["flagged"] = conf.tp + conf.fp
-        rows.append(row)
+        rows.append({"model": m.name, "n": ls.n, "auc": auc, "auc 95% CI": f"{lo:.3f} – {hi:.3f}" if both else "",
+                     "threshold": m.threshold, **sensitivity_specificity(ls.labels, ls.scores, m.threshold),
+                     "flagged": int(M.flagged(ls.scores, m.threshold).sum())})
     return pd.DataFrame(rows)
 
 

@@ -86,7 +86,8 @@ def _reviewed_source() -> Optional[LabelledSet]:
         return None
     labels, scores = labels_from_decisions(decisions)
     names = {d["study_id"]: d["name"] for d in decisions}          # in the order labels_from_decisions keeps
-    stored = {r.id: r for r in resources.store().studies(state.worklist(), state.model_ref().key)}
+    batch = resources.worklist_batch(state.worklist(), state.model_ref().key)     # cached; not re-read
+    stored = {r.id: r for r in batch.records} if batch is not None else {}
     groups = tuple(subgroups_of(stored[i]) if i in stored else {} for i in names)
     return LabelledSet(f"your {len(labels)} reviewed studies", labels, scores, tuple(names.values()),
                        subgroups=groups)
