@@ -99,6 +99,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shipped", default=str(ROOT / "assets" / "models" / "default"))
     ap.add_argument("--member", action="append", default=[])
+    ap.add_argument("--candidate", action="append", default=[], metavar="NAME=DIR",
+                    help="a further candidate scored on the protocol but not averaged into the ensemble "
+                         "(for example a network distilled from it)")
     ap.add_argument("--member-prefix", default="gpu_split0_seed")
     ap.add_argument("--ensemble-name", default="gpu_split0_ensemble3")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "kermany224"))
@@ -115,7 +118,8 @@ def main() -> int:
     shipped_model, shipped_card = load_checkpoint(args.shipped)
     train, val = split_from_card(shipped_card.extra["training"], args.data_dir)
     val_rel = sorted(rel(s.path) for s in val)
-    for m in args.member:
+    extra = dict(c.split("=", 1) for c in args.candidate)
+    for m in [*args.member, *extra.values()]:
         sp = json.loads((Path(m) / "split.json").read_text())
         same = sorted(rel(r["path"]) for r in sp["val"]) == val_rel
         leak = len({rel(r["path"]) for r in sp["train"]} & set(val_rel))
@@ -143,6 +147,9 @@ def main() -> int:
     for m in args.member:
         model, card = load_checkpoint(m)
         cands[args.member_prefix + str(card.extra["training"]["seed"])] = (model.eval().float(), card, m)
+    for name, m in extra.items():
+        model, card = load_checkpoint(m)
+        cands[name] = (model.eval().float(), card, m)
 
     res = {}
     for name, (model, card, path) in cands.items():

@@ -37,14 +37,21 @@ def train_one_epoch(model: nn.Module, batches: Iterable, loss_fn: nn.Module,
                     step_scheduler: Optional[Callable[[], None]] = None,
                     ema: Optional[nn.Module] = None, grad_clip: float = 0.0,
                     scaler: Optional[torch.amp.GradScaler] = None,
-                    progress: Optional[Callable[[int, float], None]] = None) -> dict:
-    """Train over ``batches``; returns mean loss, images/s and seconds."""
+                    progress: Optional[Callable[[int, float], None]] = None,
+                    teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict:
+    """Train over ``batches``; returns mean loss, images/s and seconds.
+
+    With a ``teacher`` (distillation), ``loss_fn`` also takes the teacher's probabilities for the
+    same batch.
+    """
     model.train()
     total, count, start = 0.0, 0, time.perf_counter()
     for x, y in batches:
         x, y = policy.to_device(x), y.to(policy.device)
+        target = teacher(x) if teacher is not None else None
         with policy.autocast():
-            loss = loss_fn(model(x).float(), y)
+            logits = model(x).float()
+            loss = loss_fn(logits, y) if target is None else loss_fn(logits, y, target)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss became {loss.item()}; lower --lr")
         optimizer.zero_grad(set_to_none=True)

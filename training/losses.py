@@ -44,3 +44,29 @@ def build_loss(kind: str, labels: torch.Tensor, label_smoothing: float) -> nn.Mo
     if kind == "focal":
         return FocalLoss(class_weights(labels), label_smoothing=label_smoothing)
     raise ValueError(f"unknown loss '{kind}'; choose weighted_ce, ce or focal")
+
+
+class DistillationLoss(nn.Module):
+    """``(1 - w) * hard(logits, labels) + w * CE(teacher probabilities, softmax(logits))``.
+
+    The soft term is the cross-entropy to the teacher's calibrated probabilities (KL divergence up to
+    a constant), each image weighted like its class in the hard loss so that the classes keep equal
+    shares of the gradient.
+    """
+
+    def __init__(self, hard: nn.Module, weight: float, class_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"the distillation weight must lie in [0, 1], got {weight}")
+        self.hard = hard
+        self.weight = weight
+        self.register_buffer("class_weight", class_weight if class_weight is not None else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        soft = -(teacher * F.log_softmax(logits.float(), dim=1)).sum(1)
+        if self.class_weight is not None:
+            w = self.class_weight[target]
+            soft = (soft * w).sum() / w.sum()
+        else:
+            soft = soft.mean()
+        return (1 - self.weight) * self.hard(logits, target) + self.weight * soft

@@ -37,7 +37,7 @@ from models.fused import set_fused_training
 from training import data as ds
 from training.augment import AugmentConfig
 from training.cache import decode_samples
-from training.losses import build_loss
+from training.losses import DistillationLoss, build_loss, class_weights
 from training.optim import build_adamw
 from training.loop import BatchCollator, predict_logits, train_one_epoch
 from training.calibrate import calibrate_checkpoint
@@ -85,6 +85,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="probability of blending in histogram equalisation (off by default)")
     p.add_argument("--augment-clahe", type=float, default=0.0, metavar="P",
                    help="probability of CLAHE with a random clip limit and tile grid (off by default)")
+    p.add_argument("--distill-from", metavar="CHECKPOINT",
+                   help="a trained checkpoint (usually an ensemble) whose calibrated probabilities on each "
+                        "augmented batch the network also learns (knowledge distillation)")
+    p.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
+                   help="share of the loss from the teacher's probabilities (the rest from the labels)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (augmentation)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
     p.add_argument("--plain-kernels", action="store_true",
@@ -182,7 +187,8 @@ def _finalise(model, card: ModelCard, out_dir: Path, val_samples, rule: str, hal
 RESUME_MUST_MATCH = ("data_dir", "arch", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
                      "scheduler", "image_size", "in_channels", "intensity", "seed", "split_seed", "limit",
                      "train_splits", "val_fraction", "loss", "sampler", "label_smoothing", "ema",
-                     "hflip", "no_augment", "augment_border", "augment_equalize", "augment_clahe", "pretrained")
+                     "hflip", "no_augment", "augment_border", "augment_equalize", "augment_clahe", "pretrained",
+                     "distill_from", "distill_weight")
 
 
 def _check_resume_args(saved: dict, now: dict) -> None:
@@ -248,7 +254,15 @@ def main(args: argparse.Namespace) -> Path:
     if args.compile:
         net = torch.compile(net)
     optimizer = build_adamw(model, args.lr, args.weight_decay)
-    loss_fn = build_loss(args.loss, train_y, args.label_smoothing).to(policy.device)
+    loss_fn = build_loss(args.loss, train_y, args.label_smoothing)
+    teacher = None
+    if args.distill_from:
+        from training.distill import Teacher
+        teacher = Teacher(args.distill_from, prep, policy)
+        loss_fn = DistillationLoss(loss_fn, args.distill_weight,
+                                   class_weights(train_y) if args.loss in ("weighted_ce", "focal") else None)
+        log.info("distilling from %s (weight %.2f)", args.distill_from, args.distill_weight)
+    loss_fn = loss_fn.to(policy.device)
     scaler = torch.amp.GradScaler("cuda") if policy.autocast_dtype == torch.float16 else None
 
     augment = None if args.no_augment else AugmentConfig(hflip=args.hflip, border_p=args.augment_border,
@@ -307,7 +321,9 @@ def main(args: argparse.Namespace) -> Path:
                                          "augmentation": augment.as_dict() if augment else None,
                                          "pretrained": args.pretrained, "seed": args.seed,
                                          "split_seed": args.split_seed,
-                                         "world_size": world},
+                                         "world_size": world,
+                                         **({"distillation": {"weight": args.distill_weight,
+                                                              **teacher.describe()}} if teacher else {})},
                             "hardware": hardware_summary(policy)})
     val_y = np.array([s.label for s in val])
 
@@ -318,7 +334,7 @@ def main(args: argparse.Namespace) -> Path:
                    unit="img", disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
         stats = train_one_epoch(net, loader, loss_fn, optimizer, policy,
                                 step_scheduler=scheduler.step if args.scheduler == "cosine" else None,
-                                ema=ema, grad_clip=args.grad_clip, scaler=scaler,
+                                ema=ema, grad_clip=args.grad_clip, scaler=scaler, teacher=teacher,
                                 progress=lambda n, l: (bar.update(n), bar.set_postfix(loss=f"{l:.3f}")))
         bar.close()
         train_seconds += stats["train_seconds"]
