@@ -219,9 +219,10 @@ class ArchiveScorer:
             if keep and pred.image is not None:
                 pending.append((len(rows) - 1, pred))
         if pending:
-            maps = self.explainer.explain_images([p.model_input for _, p in pending])
-            for (i, _), png in zip(pending, _pngs([p for _, p in pending], maps)):
-                rows[i]["heatmap_png"] = png
+            from engine.heatmap_files import explain_predictions, heatmap_png
+            maps = explain_predictions(self.explainer, [p for _, p in pending])
+            for (i, pred), heat in zip(pending, maps):
+                rows[i]["heatmap_png"] = heatmap_png(pred.image.pixels, heat)
         if skipped:   # one marker row carries the count of files already scored
             rows.append({"file": None, "skipped": len(skipped), "heatmap_png": b""})
         return pd.DataFrame(rows, columns=self.columns())
@@ -231,18 +232,6 @@ def _raiser(exc: Exception):
     def read() -> bytes:
         raise exc
     return read
-
-
-def _pngs(preds, maps) -> list[bytes]:
-    import cv2
-
-    from engine.overlay import side_by_side
-    out = []
-    for pred, heat in zip(preds, maps):
-        rgb = side_by_side(pred.image.pixels, heat)
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        out.append(buf.tobytes() if ok else b"")
-    return out
 
 
 # ------------------------------------------------------------------------------------------------

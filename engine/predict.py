@@ -14,7 +14,6 @@ hash. No patient identifiers are written unless ``--include-identifiers`` is giv
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -54,18 +53,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="write file-<hash> instead of file names (in the CSV and the heatmap names)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
-
-
-def safe_png_name(name: str, used: set[str]) -> str:
-    """A flat, unique file name for a heatmap: never a path, so nothing lands outside the folder."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("\\", "/").strip("/")).strip("._") or "image"
-    stem = stem[-150:]
-    candidate, i = f"{stem}.png", 1
-    while candidate in used:
-        i += 1
-        candidate = f"{stem}_{i}.png"
-    used.add(candidate)
-    return candidate
 
 
 def prediction_row(pred, threshold: float, model_label: str, *, label: Optional[str] = None,
@@ -116,12 +103,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     threshold = predictor.threshold if args.threshold is None else args.threshold
     model_label = f"{predictor.card.name} {predictor.card.version}".strip()
 
-    heat_dir, explainer, used = None, None, set()
+    heatmaps = None
     if args.heatmaps:
-        from engine.explain import Explainer
-        heat_dir = Path(args.heatmaps)
-        heat_dir.mkdir(parents=True, exist_ok=True)
-        explainer = Explainer(predictor.model, predictor.card, predictor.policy)
+        from engine.heatmap_files import HeatmapFolder
+        heatmaps = HeatmapFolder(predictor, args.heatmaps, args.batch_size)   # Grad-CAM loads meanwhile
 
     items = list(iter_inputs(args.paths))
     bar = tqdm(total=len(items), unit="file", file=sys.stderr, disable=args.quiet, desc="predicting")
@@ -134,9 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dicom_out = _dicom_out(args, predictor, threshold)
         sources = iter(items)
         stream = predictor.predict_stream(items, batch_size=args.batch_size,
-                                          keep_images=heat_dir is not None or dicom_out is not None,
+                                          keep_images=heatmaps is not None or dicom_out is not None,
                                           progress=lambda done, total: bar.update(done - bar.n), total=len(items))
-        pending = []
         for pred in stream:
             if dicom_out is not None:
                 dicom_out.add(next(sources), pred)
@@ -147,12 +131,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             row = prediction_row(pred, threshold, model_label, label=label,
                                  include_identifiers=args.include_identifiers)
             write_row(row)
-            if explainer is not None and pred.image is not None:
-                pending.append((label, pred))
-                if len(pending) >= args.batch_size:
-                    _write_heatmaps(explainer, predictor, pending, heat_dir, used)
-        if pending:
-            _write_heatmaps(explainer, predictor, pending, heat_dir, used)
+            if heatmaps is not None and pred.image is not None:
+                heatmaps.add(label, pred)
+        if heatmaps is not None:
+            heatmaps.close()
     bar.close()
     print(f"{counts['ok'] + counts['error']} files: {counts['ok']} read ({counts['flagged']} flagged at "
           f"threshold {threshold:.3f}), {counts['error']} refused. Results: {out}", file=sys.stderr)
@@ -169,20 +151,6 @@ def _dicom_out(args, predictor, threshold: float):
     origin = (f"site profile {args.profile}" if args.profile else
               "--threshold on the command line" if args.threshold is not None else None)
     return DicomOutFolder(args.dicom_out, predictor, threshold if args.threshold is not None else None, origin)
-
-
-def _write_heatmaps(explainer, predictor, pending: list, folder: Path, used: set[str]) -> None:
-    """Heatmaps of (label, prediction) pairs; the image is the worker's display copy."""
-    import cv2
-    from engine.overlay import side_by_side
-    if explainer.explains_stages and all(p.stage_input is not None for _, p in pending):
-        maps = explainer.explain_stages([p.stage_input for _, p in pending])   # layer4 onwards only
-    else:
-        maps = explainer.explain_images([p.model_input for _, p in pending])
-    for (label, pred), heat in zip(pending, maps):
-        rgb = side_by_side(pred.image.pixels, heat)
-        cv2.imwrite(str(folder / safe_png_name(label, used)), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    pending.clear()
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def write_gradcam(out: Path, predictor, samples: Sequence[ds.Sample], names: Seq
     from engine.errors import ImageReadError
     from engine.explain import Explainer
     from engine.overlay import side_by_side
-    from engine.predict import safe_png_name
+    from engine.heatmap_files import safe_png_name
     from training import figures as F
 
     picked = pick_gradcam(labels, probs, threshold, k)
