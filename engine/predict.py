@@ -106,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     heatmaps = None
     if args.heatmaps:
         from engine.heatmap_files import HeatmapFolder
-        heatmaps = HeatmapFolder(predictor, args.heatmaps, args.batch_size)   # Grad-CAM loads meanwhile
+        heatmaps = HeatmapFolder(predictor, args.heatmaps, args.batch_size)
 
     items = list(iter_inputs(args.paths))
     bar = tqdm(total=len(items), unit="file", file=sys.stderr, disable=args.quiet, desc="predicting")

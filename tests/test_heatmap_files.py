@@ -1,5 +1,4 @@
-"""engine.heatmap_files: heatmaps of a stream of real predictions, explained while the explainer is
-still loading (a bounded queue) and written by a second thread."""
+"""engine.heatmap_files: heatmaps of a stream of real predictions, a batch at a time."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import heatmap_files
 from engine.explain import Explainer
 from engine.heatmap_files import HeatmapFolder, safe_png_name
 from engine.overlay import side_by_side
@@ -24,9 +22,8 @@ def predictions():
     return predictor, preds
 
 
-def test_every_image_gets_its_own_heatmap_through_a_small_queue(predictions, tmp_path, monkeypatch):
+def test_every_image_gets_its_own_heatmap_batch_by_batch(predictions, tmp_path):
     predictor, preds = predictions
-    monkeypatch.setattr(heatmap_files, "MAX_WAITING", 2)   # the queue fills before the explainer is ready
     folder = HeatmapFolder(predictor, tmp_path / "maps", batch_size=2)
     for p in preds:
         folder.add(p.name, p)
@@ -41,7 +38,7 @@ def test_every_image_gets_its_own_heatmap_through_a_small_queue(predictions, tmp
         assert np.abs(written.astype(int) - expected.astype(int)).mean() < 2.0, p.name
 
 
-def test_a_grad_cam_that_cannot_load_is_reported_not_hung(predictions, tmp_path, monkeypatch):
+def test_a_grad_cam_that_cannot_load_is_reported(predictions, tmp_path):
     predictor, preds = predictions
 
     class Broken:
@@ -51,7 +48,7 @@ def test_a_grad_cam_that_cannot_load_is_reported_not_hung(predictions, tmp_path,
         def model(self):
             raise RuntimeError("weights missing")
 
-    folder = HeatmapFolder(Broken(), tmp_path / "maps")
+    folder = HeatmapFolder(Broken(), tmp_path / "maps", batch_size=2)
     folder.add(preds[0].name, preds[0])
     with pytest.raises(RuntimeError, match="weights missing"):
-        folder.close()
+        folder.add(preds[1].name, preds[1])
