@@ -143,17 +143,18 @@ def test_loading_never_unpickles(ckpt, tmp_path, writer):
     assert not marker.exists()
 
 
-def test_the_committed_candidate_is_a_complete_checkpoint():
-    """assets/models/candidates/border_clahe_seed11 (docs/MODEL_SELECTION.md): loadable by every caller,
-    with its card, its out-of-population score and its training images' hashes."""
+@pytest.mark.parametrize("folder", [SHIPPED_MODEL, SHIPPED_MODEL.parent / "previous" / "resnet18_cbam_v1"],
+                         ids=["default", "previous"])
+def test_the_committed_models_are_complete_checkpoints(folder):
+    """The default and the model it replaced (docs/MODEL_SELECTION.md): loadable by every caller,
+    with a card, an out-of-population score and their training images' hashes."""
     from engine.checkpoint import read_card
     from engine.ood import FeatureOOD
     from engine.predictor import Predictor
     from engine.provenance import overlap_warning
     from engine.sources import iter_inputs
-    folder = SHIPPED_MODEL.parent / "candidates" / "border_clahe_seed11"
     card = read_card(folder)
-    assert card.architecture == "resnet18_cbam" and 0 < card.threshold < 1 and "candidate" in card.name
+    assert card.architecture == "resnet18_cbam" and 0 < card.threshold < 1 and card.version
     assert FeatureOOD.load(folder) is not None
     preds = list(Predictor.from_checkpoint(folder).predict_stream(iter_inputs([str(p) for p in JPEGS])))
     assert all(p.ok and 0 <= p.probability <= 1 for p in preds)

@@ -222,3 +222,18 @@ def test_compare_prints_delong_for_evaluations_on_the_same_files(capsys):
     import tempfile
     assert cli([*map(str, folders), "--out", str(Path(tempfile.mkdtemp()) / "c.csv")]) == 0
     assert "Paired AUC differences (DeLong)" in capsys.readouterr().out
+
+
+def test_a_shipped_checkpoint_without_a_run_folder_still_says_it_is_not_held_out(tmp_path):
+    """The shipped model has no split.json beside it: its training images' hashes tell instead
+    (the bundled sample comes from its training and validation images)."""
+    from engine.checkpoint import DEFAULT_MODEL_DIR
+    from engine.provenance import file_sha256, training_hashes
+    seen = training_hashes(DEFAULT_MODEL_DIR)
+    files = [p for p in SAMPLE.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png")]
+    expected = {side: sum(file_sha256(p) in seen[side] for p in files) for side in ("train", "val")}
+    assert expected["train"] + expected["val"] > 0
+    r = run_evaluate("--checkpoint", str(DEFAULT_MODEL_DIR), "--data-dir", str(SAMPLE), "--out", str(tmp_path / "e"),
+                     "--gradcam-samples", "0")
+    assert r["overlap_with_training"] == expected
+    assert any("not a held-out evaluation" in w for w in r["warnings"])

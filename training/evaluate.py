@@ -167,17 +167,24 @@ def operating_points(labels: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def training_overlap(ckpt_dir: Path, samples: Sequence[ds.Sample]) -> Optional[dict]:
-    """How many evaluated images the run trained or validated on (from the run's split.json)."""
+    """How many evaluated images the model trained or validated on: from the run's split.json beside a
+    run's checkpoint, else from the training images' SHA-256 list the checkpoint carries (a shipped
+    model has no run folder). None when neither is there."""
     split_file = ckpt_dir.parent / "split.json"
-    if not split_file.is_file():
+    if split_file.is_file():
+        try:
+            recorded = json.loads(split_file.read_text())
+            sides = {side: {str(Path(r["path"]).resolve()) for r in recorded.get(side, [])} for side in ("train", "val")}
+        except (json.JSONDecodeError, KeyError, TypeError, OSError):
+            return None
+        paths = [str(s.path.resolve()) for s in samples]
+        return {side: sum(p in ids for p in paths) for side, ids in sides.items()}
+    from engine.provenance import file_sha256, training_hashes
+    seen = training_hashes(ckpt_dir)
+    if not seen["train"] and not seen["val"]:
         return None
-    try:
-        recorded = json.loads(split_file.read_text())
-        sides = {side: {str(Path(r["path"]).resolve()) for r in recorded.get(side, [])} for side in ("train", "val")}
-    except (json.JSONDecodeError, KeyError, TypeError, OSError):
-        return None
-    paths = [str(s.path.resolve()) for s in samples]
-    return {side: sum(p in ids for p in paths) for side, ids in sides.items()}
+    shas = [file_sha256(s.path) for s in samples]
+    return {side: sum(h in ids for h in shas) for side, ids in seen.items()}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -305,7 +312,7 @@ def main(args: argparse.Namespace) -> dict:
     overlap = training_overlap(ckpt, kept)
     if overlap and any(overlap.values()):
         warnings.append(f"{overlap['train']} of these images were in the run's training split and "
-                        f"{overlap['val']} in its validation split (split.json): not a held-out evaluation")
+                        f"{overlap['val']} in its validation split: not a held-out evaluation")
     if not summary["n_positive"] or not summary["n_negative"]:
         warnings.append("only one class is present: AUC, AP and one of sensitivity/specificity are undefined")
     model_name = card.name or card.architecture
