@@ -64,8 +64,12 @@ def test_a_student_learns_from_a_trained_teacher_and_its_card_names_it(tmp_path_
     assert scored and all(p.ok and 0.0 <= p.probability <= 1.0 for p in scored)
 
 
-def test_a_teacher_that_sees_another_input_is_refused(tmp_path_factory, tmp_path):
+def test_a_teacher_that_sees_another_input_or_is_missing_is_refused_with_a_message(tmp_path_factory, tmp_path):
     teacher = train_tiny_run(tmp_path_factory.getbasetemp()) / "best"
-    with pytest.raises(Exception, match="differs from the student's"):
-        with single_thread():
-            train.main(tiny_args(tmp_path / "student", "--distill-from", str(teacher), "--image-size", "96"))
+    with single_thread():
+        with pytest.raises(SystemExit, match="differs from the student's"):
+            train.main(tiny_args(tmp_path / "a", "--distill-from", str(teacher), "--image-size", "96"))
+        with pytest.raises(SystemExit, match="--distill-from: .*no model_card.json"):
+            train.main(tiny_args(tmp_path / "b", "--distill-from", str(tmp_path)))
+        with pytest.raises(SystemExit, match="--distill-weight must lie between 0 and 1"):
+            train.main(tiny_args(tmp_path / "c", "--distill-from", str(teacher), "--distill-weight", "1.5"))

@@ -257,8 +257,14 @@ def main(args: argparse.Namespace) -> Path:
     loss_fn = build_loss(args.loss, train_y, args.label_smoothing)
     teacher = None
     if args.distill_from:
+        from engine.checkpoint import CheckpointError
         from training.distill import Teacher
-        teacher = Teacher(args.distill_from, prep, policy)
+        if not 0.0 <= args.distill_weight <= 1.0:
+            raise SystemExit(f"--distill-weight must lie between 0 and 1, got {args.distill_weight}")
+        try:
+            teacher = Teacher(args.distill_from, prep, policy)
+        except CheckpointError as exc:
+            raise SystemExit(f"--distill-from: {exc}") from None
         loss_fn = DistillationLoss(loss_fn, args.distill_weight,
                                    class_weights(train_y) if args.loss in ("weighted_ce", "focal") else None)
         log.info("distilling from %s (weight %.2f)", args.distill_from, args.distill_weight)
