@@ -38,12 +38,18 @@ def training_hashes(folder: Path | str) -> dict[str, frozenset[str]]:
     return {k: frozenset(v) for k, v in sides.items()}
 
 
-def overlap_warning(folder: Path | str, shas: Iterable[str]) -> str:
-    """A sentence when some of these images were the checkpoint's training or validation images, else ""."""
+def overlap_counts(folder: Path | str, shas: Iterable[str]) -> dict[str, int]:
+    """How many of these images (by SHA-256) were the checkpoint's training and validation images."""
     seen = training_hashes(folder)
     shas = [s for s in shas if s]
-    n_train = sum(s in seen["train"] for s in shas)
-    n_val = sum(s in seen["val"] for s in shas)
+    return {side: sum(s in seen[side] for s in shas) for side in ("train", "val")}
+
+
+def overlap_warning(folder: Path | str, shas: Iterable[str]) -> str:
+    """A sentence when some of these images were the checkpoint's training or validation images, else ""."""
+    shas = [s for s in shas if s]
+    counts = overlap_counts(folder, shas)
+    n_train, n_val = counts["train"], counts["val"]
     if not n_train and not n_val:
         return ""
     return (f"{n_train} of these {len(shas)} images were in the model's training split and {n_val} in its "

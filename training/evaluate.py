@@ -179,12 +179,10 @@ def training_overlap(ckpt_dir: Path, samples: Sequence[ds.Sample]) -> Optional[d
             return None
         paths = [str(s.path.resolve()) for s in samples]
         return {side: sum(p in ids for p in paths) for side, ids in sides.items()}
-    from engine.provenance import file_sha256, training_hashes
-    seen = training_hashes(ckpt_dir)
-    if not seen["train"] and not seen["val"]:
+    from engine.provenance import HASHES_FILE, file_sha256, overlap_counts
+    if not (ckpt_dir / HASHES_FILE).is_file():
         return None
-    shas = [file_sha256(s.path) for s in samples]
-    return {side: sum(h in ids for h in shas) for side, ids in seen.items()}
+    return overlap_counts(ckpt_dir, (file_sha256(s.path) for s in samples))
 
 
 # --------------------------------------------------------------------------- outputs
