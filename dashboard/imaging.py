@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from engine.ingest import THUMBNAIL_PX, fit_within, thumbnail_data_uri  # noqa: F401 (re-exported)
 from engine.overlay import colorize, overlay_heatmap, to_gray_rgb, window_level
+from engine.png import encode_rgb_png
 
 DISPLAY_MAX_PX = 1024      # longest side of the images the review page draws side by side
 FULL_RES_MAX_PX = 4096     # longest side of the linked zoom view: a radiograph's own pixels (CR/DX films
@@ -19,10 +19,7 @@ FULL_RES_MAX_PX = 4096     # longest side of the linked zoom view: a radiograph'
 def png_data_uri(rgb: np.ndarray) -> str:
     """A lossless PNG of an RGB uint8 image as a ``data:`` URI (for Plotly's image ``source``: the
     browser gets the compressed file, not a JSON array of every pixel)."""
-    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("the image could not be encoded as PNG")
-    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(encode_rgb_png(rgb)).decode("ascii")
 
 
 def review_panels(display: np.ndarray, heatmap: Optional[np.ndarray], *, center: float = 0.5,

@@ -65,15 +65,10 @@ def explain_predictions(explainer, preds: list["Prediction"]) -> "np.ndarray":
 
 
 def heatmap_png(pixels: "np.ndarray", heat: "np.ndarray") -> bytes:
-    """The PNG of the original beside its Grad-CAM overlay (zlib's fastest setting)."""
-    import cv2
-
+    """The PNG of the original beside its Grad-CAM overlay."""
     from engine.overlay import side_by_side
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(side_by_side(pixels, heat), cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("OpenCV could not encode the heatmap as PNG")
-    return buf.tobytes()
+    from engine.png import encode_rgb_png
+    return encode_rgb_png(side_by_side(pixels, heat))
 
 
 def safe_png_name(name: str, used: set[str]) -> str:

@@ -154,4 +154,5 @@ def _dicom_out(args, predictor, threshold: float):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from engine.fast_exit import exit_now
+    exit_now(main())

@@ -177,10 +177,22 @@ def test_missing_checkpoint_exits_3(tmp_path, capsys):
 
 
 def test_subprocess_exits_0_with_refused_files(tmp_path):
+    """As a user runs it: the process ends without the interpreter's teardown (engine.fast_exit), so
+    everything must be written and flushed before main returns."""
     (tmp_path / "notes.dcm").write_text("text\n")
     proc = subprocess.run([sys.executable, "-m", "engine.predict", str(PNEUMONIA[0]), "notes.dcm",
-                           "--out", "r.csv", "--quiet"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)   # the default checkpoint: the shipped model
+                           "--out", "r.csv", "--quiet", "--heatmaps", "maps"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)   # the default checkpoint: the shipped model
     assert proc.returncode == 0, proc.stderr
     assert [r["status"] for r in read_csv(tmp_path / "r.csv")[1]] == ["ok", "error"]
     assert "1 refused" in proc.stderr
+    [png] = (tmp_path / "maps").iterdir()
+    height, width = shrink_to(read_image(PNEUMONIA[0]).pixels, DISPLAY_MAX_SIDE).shape
+    assert cv2.imread(str(png)).shape == (height, 2 * width, 3)   # complete: decodes at full size
+
+
+def test_subprocess_exit_code_3_when_the_model_cannot_load(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "engine.predict", str(PNEUMONIA[0]), "--out", "r.csv",
+                           "--checkpoint", "missing"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3
+    assert "cannot load the model" in proc.stderr and not (tmp_path / "r.csv").exists()
