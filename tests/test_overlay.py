@@ -59,6 +59,15 @@ def test_the_overlay_fades_in_above_the_cut_off_without_a_hard_edge():
     assert change[4] == full[4]                                          # full tint past the ramp
 
 
+def test_the_uniform_and_the_per_pixel_blend_agree_on_a_real_radiograph(radiograph):
+    """Without a cut-off the blend is one OpenCV weighted sum; past the ramp the per-pixel path
+    gives the same tint (to within a rounding step)."""
+    heat = 0.2 + 0.8 * np.random.default_rng(1).random((9, 9), dtype=np.float32)
+    uniform = overlay_heatmap(radiograph, heat, opacity=0.4).astype(int)
+    per_pixel = overlay_heatmap(radiograph, heat, opacity=0.4, min_value=0.05).astype(int)
+    assert np.abs(uniform - per_pixel).max() <= 1
+
+
 def test_colour_scale_runs_from_cold_to_hot():
     bar = colour_scale("jet", width=64, height=4)
     assert bar.shape == (4, 64, 3) and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]
