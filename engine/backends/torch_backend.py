@@ -78,6 +78,24 @@ class TorchRunner:
             logits = self.logits_np(batch)
         return logits, (captured[0].float().cpu().numpy() if captured else None)
 
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """What the exported graph returns: logits, penultimate features and, for a ResNet, the last
+        stage's input, from which Grad-CAM runs layer4 and the head alone (as on the exported graph)."""
+        entry = None if self.compiled else cam_entry(self._fast)
+        stage: list[torch.Tensor] = []
+        hook = entry.register_forward_pre_hook(lambda m, args: stage.append(args[0])) if entry else None
+        try:
+            logits, features = self.outputs_np(batch)
+        finally:
+            if hook is not None:
+                hook.remove()
+        out = {"logits": logits}
+        if features is not None:
+            out["features"] = features
+        if stage:
+            out["stage_input"] = stage[0].float().cpu().numpy()
+        return out
+
 
 def last_linear(net: nn.Module) -> nn.Module:
     """The network's last ``nn.Linear`` (its classifier): its input is the penultimate features."""
