@@ -173,6 +173,8 @@ class Predictor:
             from engine.backends import int8
             choice = choose_backend(backend, int8_ready=int8.ready(folder, card))
         forced = (backend or os.environ.get("CXR_BACKEND") or "auto").lower() != "auto"
+        if choice.name == "onnx" and not forced:
+            choice = cls._measured_float32(folder, card, choice)
         while choice.name != "torch":
             try:
                 return cls._onnx(folder, card, choice, **kwargs)
@@ -188,6 +190,16 @@ class Predictor:
         from engine.checkpoint import load_checkpoint
         model, card = load_checkpoint(folder)
         return cls(model, card, policy, backend=choice, checkpoint=folder, **kwargs)
+
+    @staticmethod
+    def _measured_float32(folder: Path, card: ModelCard, choice: BackendChoice) -> BackendChoice:
+        """ONNX Runtime or OpenVINO float32, whichever measured faster on this CPU (engine.backends.measured)."""
+        from engine.backends import measured
+        try:
+            return measured.float32_choice(folder, card, choice)
+        except Exception as exc:   # cannot export or time here: keep the table's choice
+            log.warning("float32 runtimes not measured (%s: %s); using %s", type(exc).__name__, exc, choice.name)
+            return choice
 
     @classmethod
     def _onnx(cls, folder: Path, card: ModelCard, choice: BackendChoice, **kwargs) -> "Predictor":

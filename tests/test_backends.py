@@ -181,3 +181,37 @@ def test_an_automatic_backend_that_cannot_start_falls_back_in_order(cache, monke
     assert_close(_probs(p), float32, ONNX_ATOL, "fallback ONNX Runtime vs torch float32")
     with pytest.raises(RuntimeError, match="no CPU plugin"):
         Predictor.from_checkpoint(SHIPPED_MODEL, backend="openvino")   # asked for: the error is the answer
+
+
+def test_without_native_bfloat16_the_faster_float32_runtime_is_measured_once_and_kept(cache, monkeypatch, float32):
+    """On a CPU the choice table has no measurement for (here: this machine seen as AVX2-only), the
+    first prediction times ONNX Runtime and OpenVINO float32 on the real graph, uses the faster
+    (OpenVINO only with a 10% margin), and later starts read the record instead of timing again."""
+    pytest.importorskip("openvino")
+    import engine.backends as backends
+    from engine.backends import measured
+    monkeypatch.delenv("CXR_BACKEND", raising=False)
+    monkeypatch.delenv("CXR_PRECISION", raising=False)
+    monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo("test AVX2 CPU", 2, frozenset({"avx2", "fma"})))
+    monkeypatch.setattr(backends, "has_nvidia_gpu", lambda: False)
+    record_file = measured.timing_path(SHIPPED_MODEL)
+    record_file.unlink(missing_ok=True)
+
+    first = Predictor.from_checkpoint(SHIPPED_MODEL)
+    record = json.loads(record_file.read_text())
+    rates = record["images_per_second"]
+    assert rates["onnx"] > 0 and rates["openvino"] > 0 and "test AVX2 CPU" in record["cpu"]
+    assert record["choice"] == ("openvino" if rates["openvino"] >= measured.MARGIN * rates["onnx"] else "onnx")
+    assert first.runner.name == record["choice"] and "measured here" in first.backend.reason
+    assert "float32" in first.backend_label                      # never bfloat16 without native support
+    assert_close(_probs(first), float32, ONNX_ATOL, f"{first.runner.name} float32 vs torch float32")
+
+    other = "onnx" if record["choice"] == "openvino" else "openvino"
+    record_file.write_text(json.dumps({**record, "choice": other}))     # the record decides, not a new timing
+    again = Predictor.from_checkpoint(SHIPPED_MODEL)
+    assert again.runner.name == other and json.loads(record_file.read_text())["choice"] == other
+    assert_close(_probs(again), float32, ONNX_ATOL, f"{other} float32 vs torch float32")
+
+    record_file.unlink()
+    monkeypatch.setenv("CXR_BACKEND", "onnx")                  # a forced backend is never timed
+    assert Predictor.from_checkpoint(SHIPPED_MODEL).runner.name == "onnx" and not record_file.exists()

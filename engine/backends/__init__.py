@@ -15,7 +15,10 @@ AVX512-BF16 without AMX (AMD EPYC here)    ``openvino``: OpenVINO bfloat16 on th
                                            here; agreement with float32 in engine.backends.ov)
 any other CPU: AVX2 only, AVX-512 without  ``onnx``: ONNX Runtime float32 on the exported
 BF16, ...; or OpenVINO not installed       graph (on AVX2, 1.3x torch's best float32 path
-                                           for the network alone)
+                                           for the network alone); or OpenVINO float32
+                                           where it measured at least 10% faster on this
+                                           CPU (timed once on first use and kept:
+                                           :mod:`engine.backends.measured`)
 =========================================  ================================================
 
 ``onnx-int8`` (ONNX Runtime on a statically quantised graph) is chosen only where an INT8

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -46,6 +47,14 @@ def weights_sha256(ckpt_dir: str | Path) -> str:
     path = Path(ckpt_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"'{ckpt_dir}' has no {WEIGHTS_FILE}")
+    st = path.stat()
+    return _file_sha256(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """SHA-256 of a file, remembered while its modification time and size stay the same (a start-up
+    asks for the weights' hash several times: 15 ms each for 22 MB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
