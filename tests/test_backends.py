@@ -215,3 +215,32 @@ def test_without_native_bfloat16_the_faster_float32_runtime_is_measured_once_and
     record_file.unlink()
     monkeypatch.setenv("CXR_BACKEND", "onnx")                  # a forced backend is never timed
     assert Predictor.from_checkpoint(SHIPPED_MODEL).runner.name == "onnx" and not record_file.exists()
+
+
+def test_the_shared_torch_network_keeps_each_threads_features_and_stage_inputs_apart():
+    """The dashboard's sessions share one predictor: two threads scoring at once on the torch backend
+    must each get their own images' features (out-of-population score) and layer3 outputs (Grad-CAM),
+    although both forward passes fire the same hooks on the shared network."""
+    import threading
+    from engine.checkpoint import load_checkpoint
+    predictor = Predictor(*load_checkpoint(SHIPPED_MODEL), plain_policy(), checkpoint=SHIPPED_MODEL)
+    prep = predictor.prep
+    from engine.decode import read_image
+    images = [prep.resize(read_image(p).pixels) for p in JPEGS[:5]]
+    batches = {"a": images[:3], "b": images[3:]}
+    alone = {k: predictor.score_arrays(v, keep_stage=True) for k, v in batches.items()}
+    errors: list[str] = []
+
+    def score(key: str) -> None:
+        for _ in range(8):
+            got = predictor.score_arrays(batches[key], keep_stage=True)
+            if got.stage_inputs is None or len(got.stage_inputs) != len(batches[key]) or \
+                    not np.allclose(np.stack(got.stage_inputs), np.stack(alone[key].stage_inputs), atol=1e-4) or \
+                    not np.allclose(got.distances, alone[key].distances, rtol=1e-4):
+                errors.append(key)
+    threads = [threading.Thread(target=score, args=(k,)) for k in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, f"results mixed between threads: {errors}"

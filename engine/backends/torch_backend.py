@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import threading
 from typing import Iterator, Optional
 
 import numpy as np
@@ -83,7 +84,12 @@ class TorchRunner:
         stage's input, from which Grad-CAM runs layer4 and the head alone (as on the exported graph)."""
         entry = None if self.compiled else cam_entry(self._fast)
         stage: list[torch.Tensor] = []
-        hook = entry.register_forward_pre_hook(lambda m, args: stage.append(args[0])) if entry else None
+        caller = threading.get_ident()   # the network is shared: keep this thread's forward pass only
+
+        def keep(module, args) -> None:
+            if threading.get_ident() == caller:
+                stage.append(args[0])
+        hook = entry.register_forward_pre_hook(keep) if entry else None
         try:
             logits, features = self.outputs_np(batch)
         finally:
@@ -108,9 +114,16 @@ def last_linear(net: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def classifier_input(net: nn.Module) -> Iterator[list[torch.Tensor]]:
     """While the block runs, the inputs of ``net``'s classifier (the penultimate features) are
-    appended to the yielded list; no hook is left behind."""
+    appended to the yielded list; no hook is left behind. Only this thread's forward passes are
+    kept: the network is shared by the dashboard's sessions, and another thread's pass through it
+    fires the same hook."""
     captured: list[torch.Tensor] = []
-    hook = last_linear(net).register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    caller = threading.get_ident()
+
+    def keep(module, inputs, output) -> None:
+        if threading.get_ident() == caller:
+            captured.append(inputs[0])
+    hook = last_linear(net).register_forward_hook(keep)
     try:
         yield captured
     finally:
