@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = ROOT / "assets" / "sample"
 sys.path.insert(0, str(ROOT))
 
-from engine.backends import choose_backend, cpu_info, onnxruntime_available, openvino_available  # noqa: E402
+from engine.backends import choose_for_checkpoint, cpu_info, onnxruntime_available, openvino_available  # noqa: E402
 from engine.checkpoint import DEFAULT_MODEL_DIR, read_card  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
 
     cpu = cpu_info()
     card = read_card(args.checkpoint)
-    choice = choose_backend()
+    choice = choose_for_checkpoint(args.checkpoint, card)
     print(f"CPU: {cpu.summary()}")
     print(f"backend chosen here: {choice.name} ({choice.reason})")
     from engine.backends import int8

@@ -22,7 +22,7 @@ from typing import NamedTuple, TYPE_CHECKING, Any, Callable, Iterable, Iterator,
 import numpy as np
 
 from engine import limits
-from engine.backends import BackendChoice, choose_backend
+from engine.backends import BackendChoice, choose_for_checkpoint
 from engine.checkpoint import DEFAULT_MODEL_DIR, ModelCard, read_card
 from engine.decode.pool import DecodePool, default_pool
 from engine.errors import ImageReadError
@@ -126,7 +126,7 @@ class Predictor:
     """Probabilities of the positive class ("pneumonia") for decoded images or raw files.
 
     Built from a torch network (``Predictor(model, card, policy)``: the torch backend) or, through
-    :meth:`from_checkpoint`, on the backend that :func:`engine.backends.choose_backend` picks for
+    :meth:`from_checkpoint`, on the backend that :func:`engine.backends.choose_for_checkpoint` picks for
     this machine. With ONNX Runtime, torch is not imported until ``.model`` or ``.policy`` is
     asked for (Grad-CAM).
     """
@@ -170,11 +170,8 @@ class Predictor:
         if policy is not None or kwargs.get("compile"):
             choice = BackendChoice("torch", "a torch policy or torch.compile was asked for")
         else:
-            from engine.backends import int8
-            choice = choose_backend(backend, int8_ready=int8.ready(folder, card))
+            choice = choose_for_checkpoint(folder, card, backend)
         forced = (backend or os.environ.get("CXR_BACKEND") or "auto").lower() != "auto"
-        if choice.name == "onnx" and not forced:
-            choice = cls._measured_float32(folder, card, choice)
         while choice.name != "torch":
             try:
                 return cls._onnx(folder, card, choice, **kwargs)
@@ -190,16 +187,6 @@ class Predictor:
         from engine.checkpoint import load_checkpoint
         model, card = load_checkpoint(folder)
         return cls(model, card, policy, backend=choice, checkpoint=folder, **kwargs)
-
-    @staticmethod
-    def _measured_float32(folder: Path, card: ModelCard, choice: BackendChoice) -> BackendChoice:
-        """ONNX Runtime or OpenVINO float32, whichever measured faster on this CPU (engine.backends.measured)."""
-        from engine.backends import measured
-        try:
-            return measured.float32_choice(folder, card, choice)
-        except Exception as exc:   # cannot export or time here: keep the table's choice
-            log.warning("float32 runtimes not measured (%s: %s); using %s", type(exc).__name__, exc, choice.name)
-            return choice
 
     @classmethod
     def _onnx(cls, folder: Path, card: ModelCard, choice: BackendChoice, **kwargs) -> "Predictor":

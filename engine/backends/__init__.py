@@ -32,12 +32,15 @@ bfloat16, that is faster than the INT8 graph, which keeps layers 1-3 in float32)
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 CHOICES = ("auto",) + BACKENDS
@@ -143,3 +146,18 @@ def choose_backend(prefer: Optional[str] = None, *, int8_ready: bool = False) ->
                                           "that passed its agreement gate")
     return BackendChoice("onnx", f"no AMX ({cpu.kind}): ONNX Runtime float32 is the fastest measured "
                                  "path there (and starts without torch)")
+
+
+def choose_for_checkpoint(ckpt_dir: str | Path, card, prefer: Optional[str] = None) -> BackendChoice:
+    """:func:`choose_backend` for one checkpoint: with its INT8 graph's gate and, on a CPU without
+    native bfloat16, the float32 runtime timed faster here (:mod:`engine.backends.measured`)."""
+    from engine.backends import int8, measured
+    choice = choose_backend(prefer, int8_ready=int8.ready(ckpt_dir, card))
+    forced = (prefer or os.environ.get("CXR_BACKEND") or "auto").lower() != "auto"
+    if choice.name != "onnx" or forced:
+        return choice
+    try:
+        return measured.float32_choice(ckpt_dir, card, choice)
+    except Exception as exc:   # cannot export or time here: keep the table's choice
+        log.warning("float32 runtimes not timed (%s: %s); using %s", type(exc).__name__, exc, choice.name)
+        return choice
