@@ -183,38 +183,45 @@ def test_an_automatic_backend_that_cannot_start_falls_back_in_order(cache, monke
         Predictor.from_checkpoint(SHIPPED_MODEL, backend="openvino")   # asked for: the error is the answer
 
 
-def test_without_native_bfloat16_the_faster_float32_runtime_is_measured_once_and_kept(cache, monkeypatch, float32):
-    """On a CPU the choice table has no measurement for (here: this machine seen as AVX2-only), the
-    first prediction times ONNX Runtime and OpenVINO float32 on the real graph, uses the faster
-    (OpenVINO only with a 10% margin), and later starts read the record instead of timing again."""
+@pytest.mark.parametrize("kind, flags, table, atol", [
+    ("AVX2-only", {"avx2", "fma"}, "onnx", ONNX_ATOL),
+    ("AMX", {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}, "torch", BF16_ATOL),
+])
+def test_where_the_table_never_timed_openvino_both_are_timed_once_and_the_record_kept(
+        cache, monkeypatch, float32, kind, flags, table, atol):
+    """On a CPU whose row in the choice table was never timed against OpenVINO (here: this machine
+    presented as AVX2-only, then as AMX), the first prediction times the table's choice and OpenVINO
+    on the real network, uses OpenVINO only with a 10% margin, and later starts read the record."""
     pytest.importorskip("openvino")
     import engine.backends as backends
     from engine.backends import measured
     monkeypatch.delenv("CXR_BACKEND", raising=False)
     monkeypatch.delenv("CXR_PRECISION", raising=False)
-    monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo("test AVX2 CPU", 2, frozenset({"avx2", "fma"})))
+    monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo(f"test {kind} CPU", 2, frozenset(flags)))
     monkeypatch.setattr(backends, "has_nvidia_gpu", lambda: False)
-    record_file = measured.timing_path(SHIPPED_MODEL)
+    names = (table, "openvino")
+    record_file = measured.timing_path(SHIPPED_MODEL, None, names)
     record_file.unlink(missing_ok=True)
 
     first = Predictor.from_checkpoint(SHIPPED_MODEL)
     record = json.loads(record_file.read_text())
     rates = record["images_per_second"]
-    assert rates["onnx"] > 0 and rates["openvino"] > 0 and "test AVX2 CPU" in record["cpu"]
-    assert record["choice"] == ("openvino" if rates["openvino"] >= measured.MARGIN * rates["onnx"] else "onnx")
-    assert first.runner.name == record["choice"] and "measured here" in first.backend.reason
-    assert "float32" in first.backend_label                      # never bfloat16 without native support
-    assert_close(_probs(first), float32, ONNX_ATOL, f"{first.runner.name} float32 vs torch float32")
+    assert rates[table] > 0 and rates["openvino"] > 0 and f"test {kind} CPU" in record["cpu"]
+    assert record["choice"] == ("openvino" if rates["openvino"] >= measured.MARGIN * rates[table] else table)
+    assert first.runner.name == record["choice"] and "timed here" in first.backend.reason
+    if first.runner.name == "openvino":
+        assert ("bfloat16" in first.backend_label) == (kind == "AMX")   # float32 without native bfloat16
+    assert_close(_probs(first), float32, atol, f"{kind}: {first.runner.name} vs torch float32")
 
-    other = "onnx" if record["choice"] == "openvino" else "openvino"
+    other = table if record["choice"] == "openvino" else "openvino"
     record_file.write_text(json.dumps({**record, "choice": other}))     # the record decides, not a new timing
     again = Predictor.from_checkpoint(SHIPPED_MODEL)
     assert again.runner.name == other and json.loads(record_file.read_text())["choice"] == other
-    assert_close(_probs(again), float32, ONNX_ATOL, f"{other} float32 vs torch float32")
+    assert_close(_probs(again), float32, atol, f"{kind}: {other} vs torch float32")
 
     record_file.unlink()
-    monkeypatch.setenv("CXR_BACKEND", "onnx")                  # a forced backend is never timed
-    assert Predictor.from_checkpoint(SHIPPED_MODEL).runner.name == "onnx" and not record_file.exists()
+    monkeypatch.setenv("CXR_BACKEND", table)                   # a forced backend is never timed
+    assert Predictor.from_checkpoint(SHIPPED_MODEL).runner.name == table and not record_file.exists()
 
 
 def test_the_shared_torch_network_keeps_each_threads_features_and_stage_inputs_apart():

@@ -1,14 +1,15 @@
-"""On CPUs whose fastest float32 runtime is not known from a measurement here, measure it once.
+"""Where the choice table was never timed against OpenVINO on this kind of CPU, time the two once.
 
-The choice table (:mod:`engine.backends`) comes from measurements on the CPUs this project had. For
-a CPU without native bfloat16 it says ONNX Runtime float32, which beat torch on the AVX2-only EPYC;
-OpenVINO's CPU plugin runs the same graph in float32 too, and which of the two is faster depends on
-the CPU and the versions installed. So where both are installed, the first prediction on such a CPU
-times each on the exported graph (network alone, one batch of :data:`BATCH` after a warm-up,
-median of :data:`REPEATS`; a few seconds, once) and OpenVINO is used only when it was at least
-:data:`MARGIN` faster. Both run the graph in float32 and agree to about 1e-6, so the choice changes
-speed, never results. The timing is kept beside the exported graph, one file per CPU and versions,
-and ``python -m engine.backends.measured`` prints (and re-measures with ``--again``) it.
+The choice table (:mod:`engine.backends`) comes from measurements on the CPUs this project had. Two
+rows were never timed against OpenVINO there: the AMX Xeon (torch bfloat16) and the AVX2-only EPYC
+(ONNX Runtime float32). OpenVINO runs the same exported graph, in bfloat16 where the CPU has it
+natively and float32 elsewhere, and which is faster depends on the CPU and the versions installed.
+So on such a CPU, the first prediction times the table's choice and OpenVINO on the checkpoint's
+network (one batch of :data:`BATCH` after a warm-up, median of :data:`REPEATS`; a few seconds, once)
+and OpenVINO is used only when it was at least :data:`MARGIN` faster. Both candidates run at the
+same precision (float32, or bfloat16 on AMX), so the choice changes speed, not what the model says
+beyond that precision's rounding. The record is kept beside the exported graph, one file per CPU,
+candidates and versions; ``python -m engine.backends.measured`` prints it (``--again`` re-times).
 """
 
 from __future__ import annotations
@@ -30,33 +31,45 @@ from engine.checkpoint import DEFAULT_MODEL_DIR, ModelCard, read_card
 
 BATCH = 16
 REPEATS = 3
-MARGIN = 1.10   # OpenVINO replaces ONNX Runtime only when at least 10% faster (timings on 2 cores are noisy)
+MARGIN = 1.10   # the challenger replaces the table's choice only when at least 10% faster (2 cores are noisy)
+LABELS = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
 
 
-def _versions() -> str:
-    import onnxruntime
-    import openvino
-    return f"onnxruntime {onnxruntime.__version__}; openvino {openvino.__version__.split('-')[0]}"
+def _versions(names: Sequence[str]) -> str:
+    import importlib
+    modules = {"onnx": "onnxruntime", "openvino": "openvino", "torch": "torch"}
+    return "; ".join(f"{modules[n]} {importlib.import_module(modules[n]).__version__.split('-')[0].split('+')[0]}"
+                     for n in names)
 
 
-def timing_path(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> Path:
-    """Where this CPU's timing for these weights is kept (the CPU and the runtimes' versions in the name)."""
-    key = hashlib.sha256(f"{backends.cpu_info().summary()}|{_versions()}".encode()).hexdigest()[:16]
-    return artefacts.artefact_dir(ckpt_dir, card) / f"float32_timing-{key}.json"
+def timing_path(ckpt_dir: str | Path, card: Optional[ModelCard], names: Sequence[str]) -> Path:
+    """Where this CPU's timing of ``names`` for these weights is kept (CPU, candidates, versions in the key)."""
+    key = hashlib.sha256(f"{backends.cpu_info().summary()}|{_versions(names)}".encode()).hexdigest()[:16]
+    return artefacts.artefact_dir(ckpt_dir, card) / f"timing-{'-'.join(names)}-{key}.json"
 
 
-def measure(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> dict:
-    """Time ONNX Runtime and OpenVINO, both float32, on the exported graph; write and return the record."""
-    from engine.backends.ort import OrtRunner
-    from engine.backends.ov import OpenVinoRunner
-    card = card or read_card(ckpt_dir)
+def _runner(name: str, ckpt_dir: str | Path, card: ModelCard):
+    """A runner of the checkpoint's network as the product would build it on this CPU."""
+    if name == "torch":
+        from engine.backends.torch_backend import TorchRunner
+        from engine.checkpoint import load_checkpoint
+        from engine.device import select_policy
+        return TorchRunner(load_checkpoint(ckpt_dir)[0], select_policy())
     graph = artefacts.onnx_path(ckpt_dir, card)
+    if name == "onnx":
+        from engine.backends.ort import OrtRunner
+        return OrtRunner(graph)
+    from engine.backends.ov import OpenVinoRunner
+    return OpenVinoRunner(graph, bfloat16=backends.cpu_info().native_bf16, cache_dir=graph.parent / "openvino")
+
+
+def measure(ckpt_dir: str | Path, card: ModelCard, names: Sequence[str]) -> dict:
+    """Time each of ``names`` (the table's choice first) on the network alone; write and return the record."""
     p = card.preprocessing
     x = np.random.default_rng(0).standard_normal((BATCH, p.in_channels, p.image_size, p.image_size)).astype(np.float32)
-    runners = {"onnx": OrtRunner(graph),
-               "openvino": OpenVinoRunner(graph, bfloat16=False, cache_dir=graph.parent / "openvino")}
     rates = {}
-    for name, runner in runners.items():
+    for name in names:
+        runner = _runner(name, ckpt_dir, card)
         runner.logits_np(x)   # warm-up: first-call allocations and kernel selection
         seconds = []
         for _ in range(REPEATS):
@@ -64,48 +77,59 @@ def measure(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> dict:
             runner.logits_np(x)
             seconds.append(time.perf_counter() - t)
         rates[name] = BATCH / statistics.median(seconds)
-    faster = "openvino" if rates["openvino"] >= MARGIN * rates["onnx"] else "onnx"
-    record = {"cpu": backends.cpu_info().summary(), "versions": _versions(), "batch": BATCH, "repeats": REPEATS,
-              "images_per_second": {k: round(v, 1) for k, v in rates.items()}, "margin": MARGIN,
-              "choice": faster, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    artefacts.write_json(timing_path(ckpt_dir, card), record)
+    table, challenger = names
+    record = {"cpu": backends.cpu_info().summary(), "versions": _versions(names), "batch": BATCH,
+              "repeats": REPEATS, "images_per_second": {k: round(v, 1) for k, v in rates.items()},
+              "margin": MARGIN, "choice": challenger if rates[challenger] >= MARGIN * rates[table] else table,
+              "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    artefacts.write_json(timing_path(ckpt_dir, card, names), record)
     return record
 
 
-def recorded(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> Optional[dict]:
-    path = timing_path(ckpt_dir, card)
+def recorded(ckpt_dir: str | Path, card: Optional[ModelCard], names: Sequence[str]) -> Optional[dict]:
+    path = timing_path(ckpt_dir, card, names)
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, json.JSONDecodeError):
         return None
 
 
-def float32_choice(ckpt_dir: str | Path, card: ModelCard, default: BackendChoice) -> BackendChoice:
-    """``default`` (ONNX Runtime float32), or OpenVINO float32 where it measured faster on this CPU."""
-    if not (backends.openvino_available() and backends.onnxruntime_available()):
-        return default
-    record = recorded(ckpt_dir, card)
-    if record is None:
-        record = measure(ckpt_dir, card)
+def timed_choice(ckpt_dir: str | Path, card: ModelCard, table: BackendChoice) -> BackendChoice:
+    """The table's choice, or its challenger where that timed at least 10% faster on this CPU."""
+    if table.challenger is None:
+        return table
+    names = (table.name, table.challenger)
+    record = recorded(ckpt_dir, card, names) or measure(ckpt_dir, card, names)
     rates = record["images_per_second"]
-    figures = (f"OpenVINO float32 {rates['openvino']:.0f} img/s, ONNX Runtime float32 {rates['onnx']:.0f} "
-               f"img/s for the network alone, measured here on {record['measured'][:10]}")
-    if record["choice"] == "openvino":
-        return BackendChoice("openvino", f"no native bfloat16 ({backends.cpu_info().kind}); {figures}")
-    return BackendChoice(default.name, f"{default.reason}; {figures}")
+    figures = (", ".join(f"{LABELS[n]} {rates[n]:.0f} img/s" for n in names) +
+               f" for the network alone, timed here on {record['measured'][:10]}")
+    if record["choice"] == table.challenger:
+        return BackendChoice(table.challenger, f"{backends.cpu_info().kind}: {figures}")
+    return BackendChoice(table.name, f"{table.reason}; {figures}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine.backends.measured", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_MODEL_DIR)
-    ap.add_argument("--again", action="store_true", help="measure again, replacing the record")
+    ap.add_argument("--candidates", default="",
+                    help="two backends to time, the table's first (default: this CPU's, e.g. onnx,openvino)")
+    ap.add_argument("--again", action="store_true", help="time again, replacing the record")
     args = ap.parse_args(argv)
-    if not (backends.openvino_available() and backends.onnxruntime_available()):
-        print("needs both onnxruntime and openvino", file=sys.stderr)
+    card = read_card(args.checkpoint)
+    if args.candidates:
+        names = tuple(args.candidates.split(","))
+    else:
+        table = backends.choose_backend()
+        if table.challenger is None:
+            print(f"nothing to time here: {table.name} ({table.reason})", file=sys.stderr)
+            return 0
+        names = (table.name, table.challenger)
+    if len(names) != 2 or not set(names) <= set(LABELS):
+        print(f"error: --candidates takes two of {', '.join(LABELS)}", file=sys.stderr)
         return 2
-    record = None if args.again else recorded(args.checkpoint)
-    print(json.dumps(record or measure(args.checkpoint), indent=1))
+    record = None if args.again else recorded(args.checkpoint, card, names)
+    print(json.dumps(record or measure(args.checkpoint, card, names), indent=1))
     return 0
 
 
