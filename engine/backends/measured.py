@@ -36,10 +36,11 @@ LABELS = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
 
 
 def _versions(names: Sequence[str]) -> str:
-    import importlib
-    modules = {"onnx": "onnxruntime", "openvino": "openvino", "torch": "torch"}
-    return "; ".join(f"{modules[n]} {importlib.import_module(modules[n]).__version__.split('-')[0].split('+')[0]}"
-                     for n in names)
+    """The candidates' installed versions, read from their package metadata (importing torch to ask
+    would cost the second that OpenVINO saves on AMX)."""
+    from importlib.metadata import version
+    packages = {"onnx": "onnxruntime", "openvino": "openvino", "torch": "torch"}
+    return "; ".join(f"{packages[n]} {version(packages[n]).split('+')[0]}" for n in names)
 
 
 def timing_path(ckpt_dir: str | Path, card: Optional[ModelCard], names: Sequence[str]) -> Path:
