@@ -251,3 +251,12 @@ def test_the_shared_torch_network_keeps_each_threads_features_and_stage_inputs_a
     for t in threads:
         t.join()
     assert not errors, f"results mixed between threads: {errors}"
+
+
+def test_a_record_written_first_by_another_process_is_kept(tmp_path):
+    """Processes that start together (Ray's actors) end with one record: the first one written."""
+    path = tmp_path / "timing.json"
+    first = artefacts.write_json_once(path, {"choice": "onnx"})
+    second = artefacts.write_json_once(path, {"choice": "openvino"})
+    assert first == second == {"choice": "onnx"} == json.loads(path.read_text())
+    assert [p.name for p in tmp_path.iterdir()] == ["timing.json"]      # no temporary file left behind

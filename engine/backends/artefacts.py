@@ -89,6 +89,29 @@ def write_json(path: Path, data: dict) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def write_json_once(path: Path, data: dict) -> dict:
+    """Write ``data`` unless another process wrote ``path`` first, and return what ``path`` holds, so
+    that processes starting together (Ray's actors) all end with the first one's record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+        try:
+            os.link(tmp, path)            # atomic, and refused where the file already exists
+        except FileExistsError:
+            try:
+                return json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return data
+        except OSError:                   # a file system without hard links: last writer wins
+            os.replace(tmp, path)
+        return data
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def onnx_path(ckpt_dir: str | Path, card: Optional[ModelCard] = None, *, build: bool = True) -> Optional[Path]:
     """The float32 ONNX graph of this checkpoint: cached, exported (needs torch) when missing."""
     folder = artefact_dir(ckpt_dir, card)

@@ -64,8 +64,9 @@ def _runner(name: str, ckpt_dir: str | Path, card: ModelCard):
     return OpenVinoRunner(graph, bfloat16=backends.cpu_info().native_bf16, cache_dir=graph.parent / "openvino")
 
 
-def measure(ckpt_dir: str | Path, card: ModelCard, names: Sequence[str]) -> dict:
-    """Time each of ``names`` (the table's choice first) on the network alone; write and return the record."""
+def measure(ckpt_dir: str | Path, card: ModelCard, names: Sequence[str], *, replace: bool = False) -> dict:
+    """Time each of ``names`` (the table's choice first) on the network alone and keep the record;
+    returns the kept record: another process's, if it wrote one first (unless ``replace``)."""
     p = card.preprocessing
     x = np.random.default_rng(0).standard_normal((BATCH, p.in_channels, p.image_size, p.image_size)).astype(np.float32)
     rates = {}
@@ -83,8 +84,11 @@ def measure(ckpt_dir: str | Path, card: ModelCard, names: Sequence[str]) -> dict
               "repeats": REPEATS, "images_per_second": {k: round(v, 1) for k, v in rates.items()},
               "margin": MARGIN, "choice": challenger if rates[challenger] >= MARGIN * rates[table] else table,
               "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    artefacts.write_json(timing_path(ckpt_dir, card, names), record)
-    return record
+    path = timing_path(ckpt_dir, card, names)
+    if replace:
+        artefacts.write_json(path, record)
+        return record
+    return artefacts.write_json_once(path, record)
 
 
 def recorded(ckpt_dir: str | Path, card: Optional[ModelCard], names: Sequence[str]) -> Optional[dict]:
@@ -130,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --candidates takes two of {', '.join(LABELS)}", file=sys.stderr)
         return 2
     record = None if args.again else recorded(args.checkpoint, card, names)
-    print(json.dumps(record or measure(args.checkpoint, card, names), indent=1))
+    print(json.dumps(record or measure(args.checkpoint, card, names, replace=args.again), indent=1))
     return 0
 
 
