@@ -6,9 +6,10 @@
 Prints the CPU model and the flags that decide the backend, the backend the device policy picks
 here and why; then, for the plain pipeline (``benchmarks/plain_pipeline.py``: PIL, torchvision
 transforms, float32 eager, batches of 32) and for ``python -m engine.predict`` on each available
-backend, run one after the other on the same images: images/s for read+predict and for
-read+predict+heatmap PNGs (whole process, start-up included, as a user runs it), the ratio to the
-plain pipeline, the start-up time on one image, the agreement with the engine's torch float32
+backend, on the same images, in rounds (each round runs every one of them once, so that all see the
+same drift of a shared machine): images/s for read+predict and for read+predict+heatmap PNGs (whole
+process, start-up included, as a user runs it; medians over the rounds), the ratio to the plain
+pipeline (the median of the rounds' ratios, with their range), the start-up time on one image, the agreement with the engine's torch float32
 probabilities (largest difference, AUC, flags at the card's threshold) and the peak resident
 memory streaming ``--memory-files`` files. A benchmark prints figures; it never fails a build.
 """
@@ -130,22 +131,33 @@ def main(argv=None) -> None:
         subprocess.run(engine_cmd(files[:1], tmp / "warm.csv"), cwd=ROOT, env=env_for(warm), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def median_run(cmd, env) -> float:
-        return statistics.median(timed(cmd, env)[0] for _ in range(args.repeats))
+    # Every cell runs once per round, rounds one after the other, so the plain pipeline and each
+    # backend see the same drift of a shared machine; a ratio is the median of the rounds' ratios.
+    plain = [py, str(ROOT / "benchmarks" / "plain_pipeline.py"), "--checkpoint", args.checkpoint]
+    cells = {("plain", "pred"): (plain + ["--files", str(lists["predict"]), "--out", str(tmp / "plain.csv")], base_env),
+             ("plain", "heat"): (plain + ["--files", str(lists["heat"]), "--out", str(tmp / "plain_heat.csv"),
+                                          "--heatmaps", str(tmp / "plain_png")], base_env),
+             ("f32", "pred"): (engine_cmd(files, tmp / "f32.csv"), env_for("torch", float32=True))}
+    for b in backends:
+        cells[(b, "pred")] = (engine_cmd(files, tmp / f"{b}.csv"), env_for(b))
+        cells[(b, "heat")] = (engine_cmd(heat_files, tmp / f"{b}_h.csv", tmp / f"{b}_png"), env_for(b))
+    seconds: dict[tuple, list[float]] = {key: [] for key in cells}
+    for _ in range(args.repeats):
+        for key, (cmd, env) in cells.items():
+            seconds[key].append(timed(cmd, env)[0])
 
-    rows = []
-    plain_pred = median_run([py, str(ROOT / "benchmarks" / "plain_pipeline.py"), "--files", str(lists["predict"]),
-                             "--out", str(tmp / "plain.csv"), "--checkpoint", args.checkpoint], base_env)
-    plain_heat = median_run([py, str(ROOT / "benchmarks" / "plain_pipeline.py"), "--files", str(lists["heat"]),
-                             "--out", str(tmp / "plain_heat.csv"), "--heatmaps", str(tmp / "plain_png"),
-                             "--checkpoint", args.checkpoint], base_env)
-    f32_s = median_run(engine_cmd(files, tmp / "f32.csv"), env_for("torch", float32=True))
+    def ratio(key: tuple) -> tuple[float, float, float]:
+        """Median, lowest and highest of the rounds' ratios (plain seconds / this cell's seconds)."""
+        r = [p / s for p, s in zip(seconds[("plain", key[1])], seconds[key])]
+        return statistics.median(r), min(r), max(r)
+
+    plain_pred = statistics.median(seconds[("plain", "pred")])
+    plain_heat = statistics.median(seconds[("plain", "heat")])
     ref = read_probs(tmp / "f32.csv")
-    rows.append(("torch float32 (engine, reference)", len(files) / f32_s, None, None, None, ""))
+    rows = [("torch float32 (engine, reference)", len(files) / statistics.median(seconds[("f32", "pred")]),
+             ratio(("f32", "pred")), None, None, None, None, "")]
     for b in backends:
         out = tmp / f"{b}.csv"
-        s_pred = median_run(engine_cmd(files, out), env_for(b))
-        s_heat = median_run(engine_cmd(heat_files, tmp / f"{b}_h.csv", tmp / f"{b}_png"), env_for(b))
         s_one, _ = timed(engine_cmd(files[:1], tmp / f"{b}_1.csv"), env_for(b))
         probs = read_probs(out)
         names = [n for n in ref if n in probs]
@@ -157,15 +169,22 @@ def main(argv=None) -> None:
         if None not in labels and len(set(labels)) == 2:
             from engine import metrics
             agree += f", AUC {metrics.roc_auc(labels, p_new):.5f} (f32 {metrics.roc_auc(labels, p_ref):.5f})"
-        rows.append((b, len(files) / s_pred, len(heat_files) / s_heat, s_one, agree, notes.get(b, "")))
+        rows.append((b, len(files) / statistics.median(seconds[(b, "pred")]), ratio((b, "pred")),
+                     len(heat_files) / statistics.median(seconds[(b, "heat")]), ratio((b, "heat")),
+                     s_one, agree, notes.get(b, "")))
 
     pp, ph = len(files) / plain_pred, len(heat_files) / plain_heat
-    print(f"plain pipeline: read+predict {pp:.1f} img/s, read+predict+heatmap PNGs {ph:.1f} img/s\n")
-    print(f"{'path':<36}{'predict img/s':>14}{'ratio':>7}{'+heatmaps img/s':>17}{'ratio':>7}{'1 image s':>11}")
-    for name, pred, heat, one, agree, note in rows:
-        heat_s = f"{heat:>17.1f}{heat / ph:>6.2f}x" if heat else f"{'':>24}"
+    print(f"plain pipeline: read+predict {pp:.1f} img/s, read+predict+heatmap PNGs {ph:.1f} img/s")
+    print(f"ratios: the median of {args.repeats} rounds' ratios to the plain pipeline in the same round "
+          f"[lowest-highest]\n")
+    print(f"{'path':<36}{'predict img/s':>14}{'ratio':>19}{'+heatmaps img/s':>17}{'ratio':>19}{'1 image s':>11}")
+
+    def shown(r) -> str:
+        return f"{r[0]:>6.2f}x [{r[1]:.2f}-{r[2]:.2f}]"
+    for name, pred, pred_r, heat, heat_r, one, agree, note in rows:
+        heat_s = f"{heat:>17.1f}{shown(heat_r):>19}" if heat else f"{'':>36}"
         one_s = f"{one:>11.2f}" if one else ""
-        print(f"{name:<36}{pred:>14.1f}{pred / pp:>6.2f}x{heat_s}{one_s}")
+        print(f"{name:<36}{pred:>14.1f}{shown(pred_r):>19}{heat_s}{one_s}")
         if agree:
             print(f"{'':<4}{agree}{'; ' + note if note else ''}")
     if args.memory_files:
