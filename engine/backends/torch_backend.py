@@ -12,7 +12,7 @@ import contextlib
 import copy
 import logging
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -82,19 +82,8 @@ class TorchRunner:
     def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """What the exported graph returns: logits, penultimate features and, for a ResNet, the last
         stage's input, from which Grad-CAM runs layer4 and the head alone (as on the exported graph)."""
-        entry = None if self.compiled else cam_entry(self._fast)
-        stage: list[torch.Tensor] = []
-        caller = threading.get_ident()   # the network is shared: keep this thread's forward pass only
-
-        def keep(module, args) -> None:
-            if threading.get_ident() == caller:
-                stage.append(args[0])
-        hook = entry.register_forward_pre_hook(keep) if entry else None
-        try:
+        with last_stage_input(self._fast, enabled=not self.compiled) as stage:
             logits, features = self.outputs_np(batch)
-        finally:
-            if hook is not None:
-                hook.remove()
         out = {"logits": logits}
         if features is not None:
             out["features"] = features
@@ -111,19 +100,23 @@ def last_linear(net: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-@contextlib.contextmanager
-def classifier_input(net: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """While the block runs, the inputs of ``net``'s classifier (the penultimate features) are
-    appended to the yielded list; no hook is left behind. Only this thread's forward passes are
-    kept: the network is shared by the dashboard's sessions, and another thread's pass through it
-    fires the same hook."""
-    captured: list[torch.Tensor] = []
+def _this_threads(captured: list[torch.Tensor], pick) -> Callable:
+    """A hook that appends ``pick(hook arguments)`` for this thread's forward passes only: the network
+    is shared by the dashboard's sessions, and another thread's pass through it fires the same hook."""
     caller = threading.get_ident()
 
-    def keep(module, inputs, output) -> None:
+    def hook(*args) -> None:
         if threading.get_ident() == caller:
-            captured.append(inputs[0])
-    hook = last_linear(net).register_forward_hook(keep)
+            captured.append(pick(*args))
+    return hook
+
+
+@contextlib.contextmanager
+def classifier_input(net: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While the block runs, the inputs of ``net``'s classifier (the penultimate features) of this
+    thread's forward passes are appended to the yielded list; no hook is left behind."""
+    captured: list[torch.Tensor] = []
+    hook = last_linear(net).register_forward_hook(_this_threads(captured, lambda m, inputs, out: inputs[0]))
     try:
         yield captured
     finally:
@@ -141,6 +134,20 @@ def cam_entry(net: nn.Module) -> Optional[nn.Module]:
         return None
 
 
+@contextlib.contextmanager
+def last_stage_input(net: nn.Module, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
+    """While the block runs, the last stage's inputs (a ResNet's layer3 output) of this thread's
+    forward passes are appended to the yielded list; it stays empty for other networks."""
+    captured: list[torch.Tensor] = []
+    entry = cam_entry(net) if enabled else None
+    hook = entry.register_forward_pre_hook(_this_threads(captured, lambda m, args: args[0])) if entry else None
+    try:
+        yield captured
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
 class WithFeatures(nn.Module):
     """``net`` returning (logits, penultimate features[, the last stage's input]): what the exported
     graph computes. The third output lets Grad-CAM run Captum on the last stage alone."""
@@ -150,13 +157,6 @@ class WithFeatures(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        entry = cam_entry(self.net)
-        stage_input: list[torch.Tensor] = []
-        hook = entry.register_forward_pre_hook(lambda m, args: stage_input.append(args[0])) if entry else None
-        try:
-            with classifier_input(self.net) as captured:
-                logits = self.net(x)
-        finally:
-            if hook is not None:
-                hook.remove()
+        with last_stage_input(self.net) as stage_input, classifier_input(self.net) as captured:
+            logits = self.net(x)
         return (logits, captured[0], stage_input[0]) if stage_input else (logits, captured[0])
