@@ -57,8 +57,10 @@ def model_ref(folder: Optional[str] = None) -> ModelRef:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def _load_predictor(path: str, fingerprint: str):
-    from engine.predictor import Predictor      # torch is imported here, once per process
-    return Predictor.from_checkpoint(path)
+    from engine.gc_pause import paused_gc
+    with paused_gc():   # loading creates long-lived objects only: collect once it is done
+        from engine.predictor import Predictor      # torch is imported here, once per process
+        return Predictor.from_checkpoint(path)
 
 
 def predictor(ref: ModelRef):
@@ -67,9 +69,11 @@ def predictor(ref: ModelRef):
 
 @st.cache_resource(max_entries=2, show_spinner="Preparing Grad-CAM…")
 def _load_explainer(path: str, fingerprint: str):
-    from engine.explain import Explainer
+    from engine.gc_pause import paused_gc
     p = _load_predictor(path, fingerprint)
-    return Explainer(p.model, p.card, p.policy)
+    with paused_gc():   # importing torch and Captum: see engine.gc_pause
+        from engine.explain import Explainer
+        return Explainer(p.model, p.card, p.policy)
 
 
 def explainer(ref: ModelRef):

@@ -157,17 +157,19 @@ class ArchiveScorer:
         if threads:                     # the actor's share of the node's cores, whichever backend runs
             os.environ.setdefault("CXR_ORT_THREADS", str(threads))
             os.environ.setdefault("CXR_OV_THREADS", str(threads))
-        from engine.predictor import Predictor
-        self.predictor = Predictor.from_checkpoint(checkpoint, backend=backend)
-        if threads and self.predictor.runner.name == "torch":
-            import torch
-            torch.set_num_threads(threads)
-        card = self.predictor.card
-        self.model_label = f"{card.name} {card.version}".strip()
-        self.explainer = None
-        if heatmaps:
-            from engine.explain import Explainer
-            self.explainer = Explainer(self.predictor.model, card, self.predictor.policy)
+        from engine.gc_pause import paused_gc
+        with paused_gc(freeze=True):   # the actor's model and libraries live as long as it does
+            from engine.predictor import Predictor
+            self.predictor = Predictor.from_checkpoint(checkpoint, backend=backend)
+            if threads and self.predictor.runner.name == "torch":
+                import torch
+                torch.set_num_threads(threads)
+            card = self.predictor.card
+            self.model_label = f"{card.name} {card.version}".strip()
+            self.explainer = None
+            if heatmaps:
+                from engine.explain import Explainer
+                self.explainer = Explainer(self.predictor.model, card, self.predictor.policy)
         self.include_identifiers = include_identifiers
         self.batch_size = batch_size
 

@@ -89,9 +89,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.threshold = profile.threshold
         if not args.quiet:
             print(f"site profile {profile.summary()}", file=sys.stderr)
-    from engine.predictor import Predictor  # torch loads only after the arguments are checked
+    from engine.decode.pool import default_pool
+    from engine.gc_pause import paused_gc
+    if args.heatmaps:   # the decoding workers start up while the model and Grad-CAM load
+        default_pool().start()
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, compile=args.compile, backend=args.backend)
+        with paused_gc(freeze=True):   # a batch process: what loads here lives until it exits
+            from engine.predictor import Predictor  # torch loads only after the arguments are checked
+            predictor = Predictor.from_checkpoint(args.checkpoint, compile=args.compile, backend=args.backend)
     except CheckpointError as exc:
         print(f"error: cannot load the model: {exc}", file=sys.stderr)
         return 3
@@ -107,6 +112,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.heatmaps:
         from engine.heatmap_files import HeatmapFolder
         heatmaps = HeatmapFolder(predictor, args.heatmaps, args.batch_size)
+        try:
+            heatmaps.load_explainer()   # before the first batch: nothing waits on it half-way
+        except Exception as exc:
+            print(f"error: cannot load the network for heatmaps: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 3
 
     items = list(iter_inputs(args.paths))
     bar = tqdm(total=len(items), unit="file", file=sys.stderr, disable=args.quiet, desc="predicting")

@@ -48,6 +48,8 @@ def test_a_grad_cam_that_cannot_load_is_reported(predictions, tmp_path):
         def model(self):
             raise RuntimeError("weights missing")
 
+    with pytest.raises(RuntimeError, match="weights missing"):
+        HeatmapFolder(Broken(), tmp_path / "early", batch_size=2).load_explainer()
     folder = HeatmapFolder(Broken(), tmp_path / "maps", batch_size=2)
     folder.add(preds[0].name, preds[0])
     with pytest.raises(RuntimeError, match="weights missing"):
