@@ -17,7 +17,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +27,7 @@ def time_network(backend: str, repeats: int) -> float:
     import numpy as np
 
     from engine.backends import artefacts
+    from engine.backends.measured import images_per_second
     from engine.checkpoint import DEFAULT_MODEL_DIR, read_card
     x = np.random.default_rng(0).standard_normal((32, 1, 224, 224)).astype(np.float32)
     if backend == "openvino":
@@ -38,14 +38,7 @@ def time_network(backend: str, repeats: int) -> float:
         os.environ["CXR_PRECISION"] = "float32"
         from engine.predictor import Predictor
         runner = Predictor.from_checkpoint(backend="torch").runner
-    for _ in range(2):
-        runner.run_all(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.run_all(x)
-        times.append(time.perf_counter() - start)
-    return len(x) / float(np.median(times))
+    return images_per_second(runner, x, repeats)
 
 
 def main() -> None:

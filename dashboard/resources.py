@@ -69,11 +69,7 @@ def predictor(ref: ModelRef):
 
 @st.cache_resource(max_entries=2, show_spinner="Preparing Grad-CAM…")
 def _load_explainer(path: str, fingerprint: str):
-    from engine.gc_pause import paused_gc
-    p = _load_predictor(path, fingerprint)
-    with paused_gc():   # importing torch and Captum: see engine.gc_pause
-        from engine.explain import Explainer
-        return Explainer(p.model, p.card, p.policy)
+    return _load_predictor(path, fingerprint).load_explainer()
 
 
 def explainer(ref: ModelRef):

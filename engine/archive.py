@@ -166,10 +166,7 @@ class ArchiveScorer:
                 torch.set_num_threads(threads)
             card = self.predictor.card
             self.model_label = f"{card.name} {card.version}".strip()
-            self.explainer = None
-            if heatmaps:
-                from engine.explain import Explainer
-                self.explainer = Explainer(self.predictor.model, card, self.predictor.policy)
+            self.explainer = self.predictor.load_explainer() if heatmaps else None
         self.include_identifiers = include_identifiers
         self.batch_size = batch_size
 

@@ -336,9 +336,7 @@ class ResultWriter:
     @property
     def explainer(self):
         if self._explainer is None:
-            from engine.explain import Explainer
-            p = self.predictor
-            self._explainer = Explainer(p.model, p.card, p.policy)
+            self._explainer = self.predictor.load_explainer(freeze=True)   # the CLI: once per run
         return self._explainer
 
     def finding(self, probability: float, warnings=(), review: Optional[Review] = None) -> Finding:

@@ -35,11 +35,7 @@ class HeatmapFolder:
     def load_explainer(self) -> None:
         """Load torch, Captum and the network for Grad-CAM now rather than on the first batch."""
         if self._explainer is None:
-            from engine.gc_pause import paused_gc
-            with paused_gc(freeze=True):   # torch, Captum and the network: loaded once per run
-                from engine.explain import Explainer
-                p = self._predictor
-                self._explainer = Explainer(p.model, p.card, p.policy)
+            self._explainer = self._predictor.load_explainer(freeze=True)   # once per run
 
     def add(self, label: str, pred: "Prediction") -> None:
         """Queue one scored image (kept with its display copy); explains a full batch."""

@@ -35,6 +35,7 @@ if TYPE_CHECKING:   # torch is imported only by the torch backend, Grad-CAM, or 
     from torch import nn
 
     from engine.device import DevicePolicy
+    from engine.explain import Explainer
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,15 @@ class Predictor:
                 from engine.checkpoint import load_checkpoint
                 self._model, _ = load_checkpoint(self.checkpoint)
             return self._model
+
+    def load_explainer(self, *, freeze: bool = False) -> "Explainer":
+        """A Grad-CAM explainer of this predictor's network. The first one imports torch and Captum and
+        loads the network, with the cyclic collector paused (:mod:`engine.gc_pause`); ``freeze=True``
+        for batch processes, whose loaded objects live until they exit."""
+        from engine.gc_pause import paused_gc
+        with paused_gc(freeze=freeze):
+            from engine.explain import Explainer
+            return Explainer(self.model, self.card, self.policy)
 
     @property
     def policy(self) -> "DevicePolicy":

@@ -43,6 +43,7 @@ def test_a_grad_cam_that_cannot_load_is_reported(predictions, tmp_path):
 
     class Broken:
         card, policy = predictor.card, predictor.policy
+        load_explainer = Predictor.load_explainer   # the real loader, on a network that cannot load
 
         @property
         def model(self):

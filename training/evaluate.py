@@ -235,7 +235,6 @@ def write_gradcam(out: Path, predictor, samples: Sequence[ds.Sample], names: Seq
     import cv2
     from engine.decode import read_image
     from engine.errors import ImageReadError
-    from engine.explain import Explainer
     from engine.overlay import side_by_side
     from engine.heatmap_files import safe_png_name
     from training import figures as F
@@ -253,7 +252,7 @@ def write_gradcam(out: Path, predictor, samples: Sequence[ds.Sample], names: Seq
         except ImageReadError:  # readable a moment ago; skip rather than fail the report
             continue
     order = [(g, i) for g, i in order if i in pixels]
-    explainer = Explainer(predictor.model, predictor.card, predictor.policy)
+    explainer = predictor.load_explainer()
     heat = explainer.explain_images([predictor.prep.resize(pixels[i]) for _, i in order])
     written, used, panels = [], set(), {g: [] for g in GROUPS}
     class_names = predictor.card.class_names

@@ -64,21 +64,24 @@ def _runner(name: str, ckpt_dir: str | Path, card: ModelCard):
     return OpenVinoRunner(graph, bfloat16=backends.cpu_info().native_bf16, cache_dir=graph.parent / "openvino")
 
 
+def images_per_second(runner, batch: np.ndarray, repeats: int = REPEATS) -> float:
+    """The network alone: ``batch`` through ``runner`` after a warm-up (first-call allocations and
+    kernel selection), the median of ``repeats`` timings."""
+    runner.logits_np(batch)
+    seconds = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        runner.logits_np(batch)
+        seconds.append(time.perf_counter() - t)
+    return len(batch) / statistics.median(seconds)
+
+
 def measure(ckpt_dir: str | Path, card: ModelCard, names: Sequence[str], *, replace: bool = False) -> dict:
     """Time each of ``names`` (the table's choice first) on the network alone and keep the record;
     returns the kept record: another process's, if it wrote one first (unless ``replace``)."""
     p = card.preprocessing
     x = np.random.default_rng(0).standard_normal((BATCH, p.in_channels, p.image_size, p.image_size)).astype(np.float32)
-    rates = {}
-    for name in names:
-        runner = _runner(name, ckpt_dir, card)
-        runner.logits_np(x)   # warm-up: first-call allocations and kernel selection
-        seconds = []
-        for _ in range(REPEATS):
-            t = time.perf_counter()
-            runner.logits_np(x)
-            seconds.append(time.perf_counter() - t)
-        rates[name] = BATCH / statistics.median(seconds)
+    rates = {name: images_per_second(_runner(name, ckpt_dir, card), x) for name in names}
     table, challenger = names
     record = {"cpu": backends.cpu_info().summary(), "versions": _versions(names), "batch": BATCH,
               "repeats": REPEATS, "images_per_second": {k: round(v, 1) for k, v in rates.items()},
