@@ -50,7 +50,12 @@ class ReviewQueue:
         return self.flagged[i]
 
     def after_decision(self, decided: str) -> Optional[str]:
-        """Where a recorded decision moves to: the most probable flagged study still unreviewed
+        """Where a recorded decision moves to: the next flagged study still unreviewed *after* the one just
+        decided, in worklist order, wrapping round to the earlier ones a reader skipped only at the end
         (None when the queue is done, and Review stays on the study)."""
         following = [s for s in self.unreviewed if s != decided]
-        return following[0] if following else None
+        if not following:
+            return None
+        pos = self.readable.index(decided) if decided in self.readable else -1
+        later = [s for s in following if self.readable.index(s) > pos]
+        return (later or following)[0]

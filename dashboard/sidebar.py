@@ -49,7 +49,7 @@ def _threshold_section(ref: resources.ModelRef) -> None:
     st.subheader("Decision threshold")
     state.sync_threshold(ref.key, card.threshold)
     model_label = f"{card.name} {card.version}".strip()
-    sites = {p.name: p.threshold for p in list_profiles() if p.model == model_label}
+    sites = {state.site_preset_name(p): p.threshold for p in list_profiles() if p.model == model_label}
     presets = resources.presets(ref, card, sites)
     options = state.register_presets(presets)
     st.selectbox("Operating point", options, key=state.PRESET, on_change=state.apply_preset, persist_state="session",
@@ -60,7 +60,8 @@ def _threshold_section(ref: resources.ModelRef) -> None:
               help="One threshold for every page. Moving it re-flags the worklist at once "
                    "without running the model again.")
     st.session_state[state.SHOWN_THRESHOLD] = st.session_state[state.THRESHOLD]
-    st.caption(f"Card threshold {card.threshold:.3f}: {card.threshold_rule or 'rule not stated'}")
+    st.caption(f"In force: **{state.operating_point_label()}** · card threshold {card.threshold:.3f}: "
+               f"{card.threshold_rule or 'rule not stated'}")
 
 
 def _reviewer_section() -> None:

@@ -71,6 +71,18 @@ def build_presets(card_threshold: float, labels: Optional[np.ndarray], scores: O
     return out
 
 
+def site_preset_name(profile) -> str:
+    """A site profile as the operating-point list names it: its name, its case counts, and "unreliable"
+    when it was fitted on too few cases (``engine.site.MIN_PER_CLASS`` of each class)."""
+    mark = "" if profile.reliable else ", unreliable"
+    return f"{profile.name} ({profile.n_pneumonia}+{profile.n_normal} cases{mark})"
+
+
+def site_preset_label(profile) -> str:
+    """The selectbox label of a saved profile's preset (see :func:`build_presets`)."""
+    return Preset(f"Site: {site_preset_name(profile)}", float(profile.threshold), "site").label
+
+
 def sync_threshold(model_key: str, card_threshold: float) -> None:
     """Start (or, for a newly chosen model, reset) the threshold at the card's value.
 
@@ -112,6 +124,15 @@ def apply_preset() -> None:
 def mark_custom() -> None:
     """Slider callback: a hand-moved threshold is no longer a preset."""
     st.session_state[PRESET] = CUSTOM
+
+
+def operating_point_label() -> str:
+    """The operating point in force, as the sidebar names it ("Model card — 0.786", "Site: ward 3 — 0.612",
+    or "Custom (slider) — 0.500")."""
+    preset = st.session_state.get(PRESET) or CUSTOM
+    if preset == CUSTOM:
+        return f"{CUSTOM} — {threshold():.3f}"
+    return str(preset)
 
 
 def threshold() -> float:

@@ -66,7 +66,9 @@ CREATE TABLE IF NOT EXISTS studies (
     sha256      TEXT    NOT NULL DEFAULT '',       -- '' when the file could not even be read
     source      TEXT    NOT NULL DEFAULT 'upload',
     read_error  TEXT    NOT NULL DEFAULT '',       -- a refusal before decoding (limits, ZIP errors)
-    added       TEXT    NOT NULL
+    added       TEXT    NOT NULL,
+    archived    TEXT,                              -- NULL: in the worklist; else when "Clear" archived it
+    archive_batch TEXT                             -- the Clear that archived it (what Undo restores)
 );
 CREATE INDEX IF NOT EXISTS studies_by_worklist ON studies (worklist_id, id);
 CREATE INDEX IF NOT EXISTS studies_by_file ON studies (sha256);
@@ -102,14 +104,38 @@ CREATE TABLE IF NOT EXISTS decisions (
     probability REAL    NOT NULL,
     threshold   REAL    NOT NULL,
     model       TEXT    NOT NULL,
-    time        TEXT    NOT NULL
+    time        TEXT    NOT NULL,
+    replaces    INTEGER                            -- the earlier decision this one changed (NULL: the first)
 );
 CREATE INDEX IF NOT EXISTS decisions_by_study ON decisions (study_id, id);
 """
 
 
+# Columns added after the first release, with their definitions: added in place to an older database.
+_ADDED_COLUMNS = {"studies": {"archived": "TEXT", "archive_batch": "TEXT"},
+                  "decisions": {"replaces": "INTEGER"}}
+
+
 class StoreError(ValueError):
     """A store operation that cannot be done (the message says why)."""
+
+
+class DecisionExists(StoreError):
+    """The study already has a decision: changing it must be asked for explicitly."""
+
+    def __init__(self, study_id: int, earlier: dict) -> None:
+        self.study_id, self.earlier = study_id, earlier
+        who = earlier.get("reviewer") or "an unnamed reviewer"
+        super().__init__(f"this study already has a decision ({earlier.get('decision')} by {who}); "
+                         "use 'Change my decision' to change it")
+
+
+@dataclass(frozen=True)
+class ArchiveReceipt:
+    """What one "Clear" archived: ``batch`` names it for :meth:`Store.restore_studies`."""
+
+    batch: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -196,6 +222,16 @@ class EvictionReport:
         return self.used_bytes > self.max_bytes
 
 
+def _add_missing_columns(con: sqlite3.Connection) -> None:
+    """Bring a database made by an older release up to the schema (new columns only, never a rewrite)."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns.items():
+            if name not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    con.commit()
+
+
 def default_root() -> Path:
     env = os.environ.get("CXR_STORE_DIR")
     if env:
@@ -223,6 +259,7 @@ class Store:
         with closing(self._connect()) as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            _add_missing_columns(con)
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db_path, timeout=30)
@@ -315,12 +352,13 @@ class Store:
         where = "worklist_id = ?" if worklist is not None else "worklist_id IS NULL"
         args = (worklist.id,) if worklist is not None else ()
         with closing(self._connect()) as con:
-            return con.execute(f"SELECT 1 FROM studies WHERE {where} AND name = ? AND sha256 = ? LIMIT 1",
+            return con.execute(f"SELECT 1 FROM studies WHERE {where} AND name = ? AND sha256 = ? "
+                               "AND archived IS NULL LIMIT 1",
                                (*args, name, sha256)).fetchone() is not None
 
     def count_studies(self, worklist: Worklist) -> int:
         with closing(self._connect()) as con:
-            return int(con.execute("SELECT COUNT(*) FROM studies WHERE worklist_id = ?",
+            return int(con.execute("SELECT COUNT(*) FROM studies WHERE worklist_id = ? AND archived IS NULL",
                                    (worklist.id,)).fetchone()[0])
 
     def remove_studies(self, worklist: Worklist, study_ids: Optional[Sequence[int]] = None) -> int:
@@ -333,10 +371,33 @@ class Store:
                                       [(worklist.id, int(i)) for i in study_ids])
         return int(cur.rowcount)
 
+    def archive_studies(self, worklist: Worklist, study_ids: Optional[Sequence[int]] = None) -> ArchiveReceipt:
+        """Take some (or all) of a worklist's studies out of it without deleting anything: rows, scores and
+        decisions stay, marked archived under one batch that :meth:`restore_studies` brings back."""
+        batch = secrets.token_hex(8)
+        now = _now()
+        with self._tx() as con:
+            if study_ids is None:
+                cur = con.execute("UPDATE studies SET archived = ?, archive_batch = ? "
+                                  "WHERE worklist_id = ? AND archived IS NULL", (now, batch, worklist.id))
+            else:
+                cur = con.executemany("UPDATE studies SET archived = ?, archive_batch = ? "
+                                      "WHERE worklist_id = ? AND id = ? AND archived IS NULL",
+                                      [(now, batch, worklist.id, int(i)) for i in study_ids])
+        return ArchiveReceipt(batch, int(cur.rowcount))
+
+    def restore_studies(self, worklist: Worklist, batch: str) -> int:
+        """Undo one :meth:`archive_studies`: its studies return to the worklist, decisions included."""
+        with self._tx() as con:
+            cur = con.execute("UPDATE studies SET archived = NULL, archive_batch = NULL "
+                              "WHERE worklist_id = ? AND archive_batch = ?", (worklist.id, batch))
+        return int(cur.rowcount)
+
     def studies(self, worklist: Optional[Worklist], model_key: str, *, include_inbox: bool = True
                 ) -> list[StudyRow]:
         """The worklist's studies (and the shared inbox's), in the order they were added."""
-        where = "s.worklist_id = ?" + (" OR s.worklist_id IS NULL" if include_inbox else "")
+        where = "(s.worklist_id = ?" + (" OR s.worklist_id IS NULL)" if include_inbox else ")") + \
+            " AND s.archived IS NULL"
         args: tuple = (worklist.id if worklist else -1,)
         query = f"""
             SELECT s.id, s.name, s.sha256, s.source, s.added, s.worklist_id IS NULL, s.read_error,
@@ -368,7 +429,7 @@ class Store:
         with closing(self._connect()) as con:
             return tuple(con.execute("""
                 SELECT (SELECT COUNT(*) || ':' || COALESCE(MAX(id), 0) FROM studies
-                        WHERE worklist_id = ? OR worklist_id IS NULL),
+                        WHERE (worklist_id = ? OR worklist_id IS NULL) AND archived IS NULL),
                        (SELECT COALESCE(MAX(id), 0) FROM decisions),
                        (SELECT COUNT(*) FROM results),
                        (SELECT COALESCE(SUM(on_disk), 0) FROM files)""", (wid,)).fetchone())
@@ -411,43 +472,64 @@ class Store:
     # -------------------------------------------------------------------------------- decisions
 
     def record_decision(self, study_id: int, *, reviewer: str, decision: str, probability: float,
-                        threshold: float, model: str, note: str = "") -> None:
+                        threshold: float, model: str, note: str = "", change: bool = False) -> int:
+        """Record a reader's decision on one study; return its id.
+
+        A study's first decision is recorded as is. Once it has one, another is recorded only with
+        ``change=True`` (the reader asked to change it): it is then kept as a new row that names the one
+        it replaces, so the history stays. Without it, :class:`DecisionExists` is raised and nothing is
+        written: a stray key press can never overwrite a decision."""
         if decision not in ("agree", "disagree"):
             raise StoreError(f"decision must be 'agree' or 'disagree', got {decision!r}")
         with self._tx() as con:
-            con.execute("INSERT INTO decisions (study_id, reviewer, decision, note, probability, threshold, "
-                        "model, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (int(study_id), reviewer.strip()[:80], decision, str(note or "").strip()[:2000],
-                         float(probability), float(threshold), model, _now()))
+            last = con.execute("SELECT id, decision, reviewer, time FROM decisions WHERE study_id = ? "
+                               "ORDER BY id DESC LIMIT 1", (int(study_id),)).fetchone()
+            if last is not None and not change:
+                raise DecisionExists(int(study_id), {"decision": last[1], "reviewer": last[2], "time": last[3]})
+            cur = con.execute("INSERT INTO decisions (study_id, reviewer, decision, note, probability, threshold, "
+                              "model, time, replaces) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              (int(study_id), reviewer.strip()[:80], decision, str(note or "").strip()[:2000],
+                               float(probability), float(threshold), model, _now(),
+                               int(last[0]) if last is not None else None))
+        return int(cur.lastrowid)
 
     def decisions(self, study_id: int) -> list[dict]:
+        """A study's decisions, oldest first; ``replaces`` names the decision a change replaced and
+        ``changed_later`` says whether a later one replaced this."""
         with closing(self._connect()) as con:
-            rows = con.execute("SELECT time, reviewer, decision, note, probability, threshold, model "
-                               "FROM decisions WHERE study_id = ? ORDER BY id", (int(study_id),)).fetchall()
-        keys = ("time", "reviewer", "decision", "note", "probability", "threshold", "model")
-        return [dict(zip(keys, r)) for r in rows]
+            rows = con.execute("SELECT d.id, d.time, d.reviewer, d.decision, d.note, d.probability, d.threshold, "
+                               "d.model, d.replaces, EXISTS (SELECT 1 FROM decisions l WHERE l.replaces = d.id) "
+                               "FROM decisions d WHERE d.study_id = ? ORDER BY d.id", (int(study_id),)).fetchall()
+        keys = ("id", "time", "reviewer", "decision", "note", "probability", "threshold", "model", "replaces",
+                "changed_later")
+        return [dict(zip(keys, r[:-1] + (bool(r[-1]),))) for r in rows]
 
     def worklist_decisions(self, worklist: Worklist, model_key: Optional[str] = None) -> list[dict]:
-        """Every decision on the worklist's studies, oldest first: study id, file name, decision, and the
+        """The decision in force on each of the worklist's studies (a changed one counts once, as changed),
+        oldest first: study id, file name, decision, and the
         probability and threshold the reviewer saw (``model_key``: only decisions on that model's scores
         would need re-scoring, so the recorded probability is used as it was)."""
         with closing(self._connect()) as con:
             rows = con.execute("SELECT d.study_id, s.name, d.decision, d.probability, d.threshold, d.model "
                                "FROM decisions d JOIN studies s ON s.id = d.study_id "
-                               "WHERE s.worklist_id = ? OR s.worklist_id IS NULL ORDER BY d.id",
+                               "WHERE (s.worklist_id = ? OR s.worklist_id IS NULL) AND s.archived IS NULL "
+                               "AND NOT EXISTS (SELECT 1 FROM decisions l WHERE l.replaces = d.id) ORDER BY d.id",
                                (worklist.id,)).fetchall()
         keys = ("study_id", "name", "decision", "probability", "threshold", "model")
         return [dict(zip(keys, r)) for r in rows]
 
     def decisions_csv(self, worklist: Optional[Worklist]) -> str:
         """Decisions as CSV (one worklist's, or every worklist's with None): no patient identifier,
-        the file by its content hash and base name, times in UTC, cells defused for spreadsheets."""
+        the file by its content hash and base name, times in UTC (ISO 8601 with the offset), cells defused
+        for spreadsheets; ``status`` marks a decision a later change replaced."""
         from pathlib import PurePosixPath
         from engine.csvsafe import rows_csv
         columns = ["time", "reviewer", "file_name", "file_sha256", "model", "probability", "threshold",
-                   "decision", "note"]
+                   "decision", "note", "status"]
         query = ("SELECT d.time, d.reviewer, s.name, s.sha256, d.model, d.probability, d.threshold, d.decision, "
-                 "d.note FROM decisions d JOIN studies s ON s.id = d.study_id")
+                 "d.note, CASE WHEN EXISTS (SELECT 1 FROM decisions l WHERE l.replaces = d.id) THEN 'changed later' "
+                 "WHEN d.replaces IS NOT NULL THEN 'current (changed)' ELSE 'current' END "
+                 "FROM decisions d JOIN studies s ON s.id = d.study_id")
         args: tuple = ()
         if worklist is not None:
             query += " WHERE s.worklist_id = ?"

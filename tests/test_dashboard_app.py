@@ -100,6 +100,11 @@ def app(tmp_path, monkeypatch, calls) -> AppTest:
     return at
 
 
+def decision_button(at: AppTest, decision: str):
+    """Review's Agree or Disagree button for the study on screen (its key carries the study's hash)."""
+    return next(b for b in at.button if b.key and b.key.startswith(f"review_{decision}_"))
+
+
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -314,7 +319,8 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     app.selectbox(key="open_study").set_value(dicom_sha).run()
     app.button(key="open_review").click().run()
     assert not app.exception, [e.message for e in app.exception]
-    assert app.button(key="review_agree") and app.button(key="review_disagree")   # the Review page
+    assert decision_button(app, "agree") and decision_button(app, "disagree")   # the Review page
+    assert decision_button(app, "agree").key.endswith(dicom_sha[:16])          # bound to the study shown
     assert app.session_state["review_sha"] == dicom_sha
     app.switch_page("views/review.py")      # AppTest does not follow st.switch_page for later runs
     captions = [c for img in app.image for c in img.captions]
@@ -346,7 +352,7 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     app.text_input(key="reviewer_name").input("Dr A. Reader").run()
     assert not [b for b in app.button if b.key == "review_submit"]  # no form with a preset choice: two buttons
     app.text_input(key="review_note").input("no consolidation seen").run()
-    app.button(key="review_disagree").click().run()
+    decision_button(app, "disagree").click().run()
     assert not app.exception, [e.message for e in app.exception]
     from engine.store import Store
     rows = list(csv.DictReader(io.StringIO(Store(tmp_path / "store").decisions_csv(None))))
@@ -362,6 +368,8 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     app.switch_page("views/review.py").run()
     assert calls.explained == 2
     app.button(key="next_flagged").click().run()
+    if app.session_state["review_sha"] == next_sha:               # the last flagged study: kept at the end
+        app.button(key="prev_flagged").click().run()
     assert app.session_state["review_sha"] != next_sha
     app.switch_page("views/triage.py").run()
     reviews = app.dataframe[0].value.set_index("sha256")["review"]
@@ -372,8 +380,10 @@ def test_reviewed_studies_become_a_labelled_set_for_a_site_profile(app):
     upload_batch(app, BATCH[:4])
     app.slider(key="threshold").set_value(0.0).run()               # every study flagged
     app.switch_page("views/review.py").run()
+    assert decision_button(app, "agree").disabled                   # the reviewer is asked for first
+    app.text_input(key="review_reviewer").input("Dr A. Reader").run()
     for decision in ("agree", "disagree", "agree"):               # each moves on to the next flagged study
-        app.button(key=f"review_{decision}").click().run()
+        decision_button(app, decision).click().run()
         app.switch_page("views/review.py").run()
     app.switch_page("views/performance.py").run()
     app.radio(key="perf_source").set_value("Your reviewed studies").run()
@@ -442,8 +452,11 @@ def test_performance_figures_and_metrics_match_the_engine(app):
     profile = load_profile("screening clinic")                              # on disk: survives a restart
     assert profile.threshold == pytest.approx(expected) and profile.n_normal == int((y == 0).sum())
     assert any("sensitivity" in m.value and "specificity" in m.value for m in app.success)
+    label = f"Site: screening clinic ({int(y.sum())}+{int((y == 0).sum())} cases) — {expected:.3f}"
+    assert app.selectbox(key="preset").value == label                        # the sidebar names it in force
+    assert any(f"In force: **{label}**" in c.value for c in app.sidebar.caption)
     fresh = AppTest.from_file(str(HOME), default_timeout=120).run()          # another session, later
-    assert f"Site: screening clinic — {expected:.3f}" in fresh.selectbox(key="preset").options
+    assert label in fresh.selectbox(key="preset").options
 
 
 def test_performance_csv_upload_checks_columns(app):
@@ -570,3 +583,83 @@ def test_compare_scores_checkpoints_on_a_labelled_folder(app, tmp_path, monkeypa
     delong = frame_with(app, "A − B")                                        # paired, on the same files
     assert len(delong) == 1 and delong["A − B"].iloc[0] == pytest.approx(
         shipped["auc"] - table.loc["models/tiny", "auc"], abs=1e-9)
+
+
+# --------------------------------------------------------------------------- review safety (issue 19)
+
+def _store(tmp_path):
+    from engine.store import Store
+    return Store(tmp_path / "store")
+
+
+def test_a_decided_study_changes_only_when_asked_and_keeps_its_history(app, tmp_path):
+    upload_batch(app, BATCH[2:5])
+    app.slider(key="threshold").set_value(0.0).run()
+    app.text_input(key="reviewer_name").input("Dr A. Reader").run()
+    app.switch_page("views/review.py").run()
+    first = app.session_state["review_sha"]
+    stale_agree = decision_button(app, "agree")                       # the buttons of the first study
+    decision_button(app, "disagree").click().run()
+    assert app.session_state["review_sha"] != first                   # moved on
+    # A press that arrives from the first study's page (the reader's key as the page moved on) is bound
+    # to that study, which has a decision: refused with a message, nothing overwritten.
+    app.session_state["review_sha"] = first
+    app.switch_page("views/review.py").run()
+    assert not [b for b in app.button if b.key == stale_agree.key]    # a decided study offers no A/D
+    change = next(b for b in app.button if b.key and b.key.startswith("review_change_"))
+    change.click().run()
+    decision_button(app, "agree").click().run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert any("changed to agree" in m.value for m in app.success)
+    rows = list(csv.DictReader(io.StringIO(_store(tmp_path).decisions_csv(None))))
+    assert [(r["decision"], r["status"]) for r in rows] == [("disagree", "changed later"),
+                                                          ("agree", "current (changed)")]
+
+
+def test_the_store_refuses_a_second_decision_without_an_explicit_change(tmp_path):
+    from engine.store import DecisionExists
+    store = _store(tmp_path)
+    _, wl = store.create_worklist("r")
+    sid = store.add_study(wl, "a.jpeg", "a" * 64)
+    store.record_decision(sid, reviewer="r", decision="disagree", probability=0.9, threshold=0.5, model="m")
+    with pytest.raises(DecisionExists, match="already has a decision \\(disagree by r\\)"):
+        store.record_decision(sid, reviewer="r", decision="agree", probability=0.9, threshold=0.5, model="m")
+    assert [d["decision"] for d in store.decisions(sid)] == ["disagree"]
+
+
+def test_clear_asks_first_archives_and_undo_brings_back_the_decisions(app, tmp_path):
+    upload_batch(app, BATCH[2:5])
+    app.slider(key="threshold").set_value(0.0).run()
+    app.text_input(key="reviewer_name").input("Dr A. Reader").run()
+    app.switch_page("views/review.py").run()
+    decision_button(app, "agree").click().run()
+    app.switch_page("views/triage.py").run()
+    app.button(key="clear_worklist").click().run()                    # asks first: nothing cleared yet
+    assert metric(app, "Files") == "3" and any("Clear the worklist?" in w.value for w in app.warning)
+    app.button(key="clear_cancel").click().run()
+    assert metric(app, "Files") == "3"
+    app.button(key="clear_worklist").click().run()
+    app.button(key="clear_confirm").click().run()
+    assert any("Cleared 3 studies" in i.value for i in app.info)
+    assert not [m for m in app.metric if m.label == "Files"]          # the worklist is empty
+    store = _store(tmp_path)
+    assert store.count_studies(app.session_state["worklist"]) == 0
+    app.button(key="undo_clear").click().run()
+    assert metric(app, "Files") == "3"
+    assert sorted(app.dataframe[0].value["review"]) == ["agreed", "unreviewed", "unreviewed"]
+
+
+def test_research_scoring_never_enters_the_worklist(app, tmp_path, calls):
+    upload_batch(app, BATCH[2:4])
+    wl = app.session_state["worklist"]
+    store = _store(tmp_path)
+    before = [(r.name, r.sha256) for r in store.studies(wl, "any")]
+    app.switch_page("views/performance.py").run()
+    app.radio(key="perf_source").set_value("Images in class folders").run()
+    app.text_input(key="perf_folder").input(str(SAMPLE / "kermany")).run()
+    app.button(key="perf_run").click().run()
+    app.slider(key="threshold").set_value(0.0).run()                  # every normal a false positive
+    assert not app.exception, [e.message for e in app.exception]
+    assert [(r.name, r.sha256) for r in store.studies(wl, "any")] == before
+    app.switch_page("views/triage.py").run()
+    assert metric(app, "Files") == "2"

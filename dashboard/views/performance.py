@@ -14,11 +14,13 @@ from engine.provenance import overlap_warning
 from engine.site import ProfileError, fit_profile, labels_from_decisions, list_profiles, save_profile
 from engine.sources import items_from_uploads, iter_inputs
 
-from dashboard import figures, resources, state
+from engine.errors import ImageReadError
+
+from dashboard import figures, imaging, resources, state
 from dashboard.batch import MAX_FILES, score_items
 from dashboard.evaluation import (LabelledDataError, LabelledSet, labelled_set_from_records, metrics_table,
                                   per_file, subgroup_metrics, subgroups_of)
-from engine.ingest import cached_item, ingest
+from engine.ingest import cached_item
 
 SOURCES = ("Model's validation predictions", "Predictions CSV", "Images in class folders",
            "Your reviewed studies")
@@ -48,7 +50,7 @@ def _fit_and_save(ls: LabelledSet, model_label: str, source: str) -> None:
         ss[state.SITE_MESSAGE] = ("error", str(exc))
         return
     ss[state.THRESHOLD] = profile.threshold
-    ss[state.PRESET] = None
+    ss[state.PRESET] = state.site_preset_label(profile)    # the sidebar names the profile now in force
     ss[state.SITE_MESSAGE] = ("success" if profile.reliable else "warning",
                        f"Saved. {profile.summary()}. It is in the sidebar's list on every page, and "
                        f"`engine.predict --profile '{profile.name}'` uses it.")
@@ -230,14 +232,22 @@ def _subgroup_section(ls: LabelledSet, thr: float) -> None:
             c: st.column_config.NumberColumn(format="%.3f") for c in ("auc", "sensitivity", "specificity")})
 
 
-def _open_error(name: str, sha: str) -> None:
-    """Put a mis-scored image of the labelled set into the worklist (from the file cache) and review it."""
+def _case_view(case_name: str, sha: str, probability: float, thr: float) -> None:
+    """A mis-scored case of the labelled set, shown here beside its heatmap. Research scoring never
+    enters a reader's worklist, and the case is named neutrally (its path may carry its label)."""
+    ref = state.model_ref()
+    pred = resources.predictor(ref)
     store = resources.store()
-    wl = state.worklist()
-    if not store.has_study(wl, name, sha):
-        ingest(store, wl, [cached_item(store, name, sha)], source="labelled set")
-    st.session_state[state.REVIEW_SHA] = sha
-    st.switch_page("views/review.py")
+    try:
+        imgs = resources.study_images(sha, pred.prep.image_size, cached_item(store, case_name, sha), pred.prep)
+    except (ImageReadError, OSError) as exc:
+        st.error(f"Cannot display {case_name}: {exc}")
+        return
+    heat = resources.heatmap(ref.key, sha, "gradcam", resources.explainer(ref), imgs.model_input)
+    original, overlay, _ = imaging.review_panels(imgs.display, heat, min_heat=0.2)
+    c1, c2 = st.columns(2)
+    c1.image(original, caption=f"{case_name}: P(pneumonia) {probability:.3f} at threshold {thr:.3f}", width="stretch")
+    c2.image(overlay, caption="Grad-CAM overlay (not added to any worklist)", width="stretch")
 
 
 def _errors_section(ls: LabelledSet, thr: float) -> None:
@@ -248,14 +258,15 @@ def _errors_section(ls: LabelledSet, thr: float) -> None:
                      f"{int((errors['outcome'] == 'FN').sum())} false negatives", expanded=False):
         reviewable = bool(ls.sha256s)
         if reviewable:
-            st.caption("Select a row to open that image in Review (it is added to your worklist).")
+            st.caption("Select a row to see that case beside its heatmap here (it is not added to any worklist).")
         event = st.dataframe(errors.drop(columns=["sha256"]), hide_index=True, key="perf_errors",
                              on_select="rerun" if reviewable else "ignore", selection_mode="single-row",
                              column_config={"probability": st.column_config.NumberColumn(format="%.4f")})
         rows = list(event.selection.rows) if reviewable and event is not None else []
         if rows and rows[0] < len(errors):
             row = errors.iloc[rows[0]]
-            _open_error(row["file"], row["sha256"])
+            kind = "false positive" if row["outcome"] == "FP" else "false negative"
+            _case_view(f"Case {rows[0] + 1} ({kind})", row["sha256"], float(row["probability"]), thr)
         st.download_button("Download per-file results (CSV)", icon=":material/download:", key="perf_export",
                            data=lambda: frame_csv(table.drop(columns=["sha256"])),
                            file_name="per_file_results.csv", mime="text/csv", on_click="ignore")

@@ -10,7 +10,7 @@ import streamlit as st
 from engine.errors import ImageReadError
 from engine.explain import METHODS
 from engine.overlay import COLORMAPS, colour_scale
-from engine.store import StoreError
+from engine.store import DecisionExists, StoreError
 from engine import metrics as M
 
 from dashboard import figures, imaging, pacs_panel, resources, state
@@ -50,50 +50,110 @@ def _header_panel(image) -> None:
             st.caption("This file carries no patient identifiers.")
 
 
-def _record(study_id: int, decision: str, rec, model_label: str, thr: float, queue: ReviewQueue) -> None:
-    """Button callback: record the decision, then open the next unreviewed flagged study."""
-    store = resources.store()
-    try:
-        store.record_decision(study_id, reviewer=state.worklist().reviewer, decision=decision,
-                              probability=rec.probability, threshold=thr, model=model_label,
-                              note=st.session_state.get(state.REVIEW_NOTE, ""))
-    except (StoreError, OSError) as exc:
-        st.session_state[state.REVIEW_FLASH] = ("error", f"Could not record the review: {exc}")
+def _record(study_id: int, study_name: str, decision: str, probability: float, model_label: str, thr: float,
+            queue: ReviewQueue, sha: str) -> None:
+    """Button callback, bound to the study whose buttons were pressed (their key and these arguments carry
+    its identity): a key press that arrives while the page moves on lands on the study it was pressed on,
+    and a study that already has a decision changes only after an explicit "Change my decision"."""
+    short = study_name.rsplit("/", 1)[-1]
+    reviewer = state.worklist().reviewer
+    if not reviewer:
+        st.session_state[state.REVIEW_FLASH] = ("error", f"Not recorded ({short}): enter your name first.")
         return
-    st.session_state[state.REVIEW_FLASH] = ("success", f"Recorded: {decision} ({rec.name.rsplit('/', 1)[-1]}).")
+    change = bool(st.session_state.pop(_change_key(study_id), False))
+    try:
+        resources.store().record_decision(study_id, reviewer=reviewer, decision=decision, probability=probability,
+                                          threshold=thr, model=model_label, change=change,
+                                          note=st.session_state.get(state.REVIEW_NOTE, ""))
+    except DecisionExists as exc:
+        st.session_state[state.REVIEW_FLASH] = (
+            "error", f"Not recorded: {short} already has a decision ({exc.earlier['decision']}). "
+                     "Open it and press “Change my decision” to change it.")
+        return
+    except (StoreError, OSError) as exc:
+        st.session_state[state.REVIEW_FLASH] = ("error", f"Could not record the review of {short}: {exc}")
+        return
+    verb = "changed to" if change else "recorded:"
+    st.session_state[state.REVIEW_FLASH] = ("success", f"Decision {verb} {decision} ({short}).")
     st.session_state[state.REVIEW_NOTE] = ""
-    following = queue.after_decision(rec.sha256)
-    if following is not None:
-        st.session_state[state.REVIEW_SHA] = following
+    if st.session_state.get(state.REVIEW_SHA) == sha:          # still on it: move on to the next one
+        following = queue.after_decision(sha)
+        if following is not None:
+            st.session_state[state.REVIEW_SHA] = following
 
 
-def _review_form(rec, model_label: str, thr: float, queue: ReviewQueue) -> None:
-    """Agree / disagree as two buttons (A, D) of equal weight: a decision is always an explicit choice,
-    and neither answer is drawn as the expected one (no nudge towards agreeing with the model)."""
+def _change_key(study_id: int) -> str:
+    return f"_change_decision_{study_id}"
+
+
+def _ask_change(study_id: int) -> None:
+    st.session_state[_change_key(study_id)] = True
+
+
+def _set_reviewer() -> None:
+    """Callback of Review's name prompt: the worklist's reviewer, also shown in the sidebar's field."""
+    name = str(st.session_state.get("review_reviewer", "")).strip()
+    if name:
+        state.set_worklist(resources.store().set_reviewer(state.worklist(), name))
+        st.session_state["reviewer_name"] = name
+
+
+def _reviewer_prompt() -> bool:
+    """Ask for the reader's name before the first decision; True when there is one."""
+    if state.worklist().reviewer:
+        return True
+    st.text_input("Your name, recorded with each decision (asked once for this worklist)", key="review_reviewer",
+                  max_chars=80, placeholder="e.g. Dr A. Reader", on_change=_set_reviewer)
+    st.warning("Enter your name to record decisions.", icon=":material/person:")
+    return False
+
+
+def _decision_bar(rec, model_label: str, thr: float, queue: ReviewQueue) -> None:
+    """Agree / disagree (A, D) of equal weight, drawn first so that they arrive with the study's name.
+
+    Each study has its own buttons (the key carries its hash): a press always names the study it was
+    made on. A decided study shows its decision and a "Change my decision" button instead."""
+    key = rec.sha256[:16]
     flagged = M.flagged(rec.probability, thr)
-    st.markdown(f"**Your review.** The model {'flags' if flagged else 'does not flag'} this study at "
-                f"{thr:.3f}. Do you agree?")
-    st.text_input("Note (optional; no patient identifiers)", key=state.REVIEW_NOTE, max_chars=2000)
-    b1, b2 = st.columns(2)
-    args = (rec.id, "agree", rec, model_label, thr, queue)
-    b1.button("Agree", key="review_agree", shortcut="A", on_click=_record, args=args,
-              icon=":material/check:", width="stretch")
-    b2.button("Disagree", key="review_disagree", shortcut="D", on_click=_record,
-              args=(rec.id, "disagree", *args[2:]), icon=":material/close:", width="stretch")
+    earlier = resources.store().decisions(rec.id)
+    changing = bool(st.session_state.get(_change_key(rec.id)))
+    can_decide = _reviewer_prompt()
+    b1, b2, b3, b4 = st.columns([2, 2, 3, 5], vertical_alignment="center")
+    if earlier and not changing:
+        last = earlier[-1]
+        b1.markdown(f"**{'Agreed' if last['decision'] == 'agree' else 'Disagreed'}**")
+        b2.button("Change my decision", key=f"review_change_{key}", on_click=_ask_change, args=(rec.id,),
+                  icon=":material/edit:", width="stretch")
+        b4.caption(f"Decided by {last['reviewer'] or 'an unnamed reviewer'} at {_local_time(last['time'])}"
+                   + (f" · changed {len(earlier) - 1}x" if len(earlier) > 1 else ""))
+    else:
+        args = (rec.id, rec.name, "agree", rec.probability, model_label, thr, queue, rec.sha256)
+        b1.button("Agree", key=f"review_agree_{key}", shortcut="A", on_click=_record, args=args,
+                  icon=":material/check:", width="stretch", disabled=not can_decide)
+        b2.button("Disagree", key=f"review_disagree_{key}", shortcut="D", on_click=_record,
+                  args=(*args[:2], "disagree", *args[3:]), icon=":material/close:", width="stretch",
+                  disabled=not can_decide)
+        b4.caption(("Changing the decision: the earlier one is kept in the history. " if changing else "")
+                   + f"The model {'flags' if flagged else 'does not flag'} this study at {thr:.3f}. "
+                   "Do you agree? (A / D)")
+    b3.text_input("Note", key=state.REVIEW_NOTE, max_chars=2000, label_visibility="collapsed",
+                  placeholder="Note (optional; no identifiers)")
     flash = st.session_state.pop(state.REVIEW_FLASH, None)
     if flash:
         getattr(st, flash[0])(flash[1])
-    store = resources.store()
-    earlier = store.decisions(rec.id)
-    if earlier:
-        last = earlier[-1]
-        st.caption(f"Recorded decision: **{last['decision']}** by {last['reviewer'] or 'an unnamed reviewer'} "
-                   f"at {_local_time(last['time'])} ({len(earlier)} in all).")
-        st.dataframe(pd.DataFrame(earlier).assign(time=lambda d: d["time"].map(_local_time))[
-            ["time", "reviewer", "decision", "note", "probability", "threshold"]], hide_index=True,
-            key="file_reviews")
-    else:
+
+
+def _history(rec) -> None:
+    earlier = resources.store().decisions(rec.id)
+    if not earlier:
         st.caption("Not reviewed yet.")
+        return
+    table = pd.DataFrame(earlier).assign(
+        time=lambda d: d["time"].map(_local_time),
+        status=lambda d: ["changed later" if c else ("current (changed)" if r is not None and r == r else "current")
+                          for c, r in zip(d["changed_later"], d["replaces"])])
+    st.dataframe(table[["time", "reviewer", "decision", "status", "note", "probability", "threshold"]],
+                 hide_index=True, key="file_reviews")
 
 
 def _local_time(iso: str) -> str:
@@ -128,7 +188,7 @@ def render() -> None:
     probs = {s: p for s, p in zip(df["sha256"], df["probability"]) if s}
 
     st.subheader("Review", anchor=False)
-    n1, n2, n3, n4 = st.columns([1, 4, 1, 2], vertical_alignment="bottom")
+    n1, n2, n3, n4 = st.columns([1.5, 4, 1.3, 2.2], vertical_alignment="bottom")
     n1.button("Previous", icon=":material/arrow_back:", key="prev_flagged", shortcut="P",
               on_click=_step, args=(queue, -1), disabled=not flagged, width="stretch",
               help="Previous flagged study (P)")
@@ -147,69 +207,86 @@ def render() -> None:
     if rec is None or item is None:
         st.error("This study is no longer in the worklist.")
         return
-    with st.expander("Display", expanded=False, icon=":material/tune:"):
-        d1, d2, d3 = st.columns(3)
-        method = d1.selectbox("Explanation", METHODS, key="rv_method", persist_state="session",
-                              format_func=lambda m: METHOD_NAMES.get(m, m),
-                              help="Grad-CAM is fast; the others take seconds on a CPU.")
-        cmap = d2.selectbox("Colormap", list(COLORMAPS), key="rv_cmap", persist_state="session")
-        opacity = d3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="rv_opacity", persist_state="session")
-        linked = st.toggle("Full resolution, linked zoom and pan (original and overlay move together)",
-                           key="rv_linked", persist_state="session",
-                           help="The file's own pixels (up to 4,096 a side): slower to draw than the "
-                                "side-by-side copies.")
-        min_heat = st.slider("Overlay only where heat ≥", 0.0, 0.9, 0.2, 0.05, key="rv_min_heat",
-                             persist_state="session",
-                             help="Leaves the radiograph untinted where the explanation is weak "
-                                  "(heat is scaled 0-1 per image); 0 tints the whole film.")
-        try:
-            load = resources.study_full_resolution if linked else resources.study_images
-            imgs = load(sha, pred.prep.image_size, item, pred.prep)
-        except (ImageReadError, OSError) as exc:
-            st.error(f"Cannot display this study: {exc}")
-            return
+    model_label = f"{pred.card.name} {pred.card.version}".strip()
+    _decision_bar(rec, model_label, thr, queue)         # first: it arrives with the study's name
+    shown = _study_view(rec, item, sha, ref, pred, thr)
+    with st.expander("Decision history, heatmap alone and the study header", expanded=False):
+        _history(rec)
+        if shown is not None:
+            image, alone = shown
+            h1, h2 = st.columns(2)
+            h1.image(alone, caption="Heatmap alone (evidence for pneumonia, warmer = more; scaled within this "
+                                    "image, so a low-probability study still shows a warmest spot)", width="stretch")
+            with h2:
+                _header_panel(image)
+    pacs_panel.send_to_pacs(store, rec, pred, resources.explainer(ref), thr,
+                            str(st.session_state.get(state.PRESET) or ""))
+    _export_section(store)
+
+
+def _display_settings() -> tuple[str, str, float, bool, float]:
+    """The Display expander's values as the last run left them (its widgets are drawn below the images,
+    so the images and the decision stay in view when it is open)."""
+    ss = st.session_state
+    return (ss.get("rv_method", METHODS[0]), ss.get("rv_cmap", next(iter(COLORMAPS))), float(ss.get("rv_opacity", 0.4)),
+            bool(ss.get("rv_linked", False)), float(ss.get("rv_min_heat", 0.2)))
+
+
+def _display_controls() -> None:
+    d1, d2, d3, d4 = st.columns(4)
+    d1.selectbox("Explanation", METHODS, key="rv_method", persist_state="session", format_func=lambda m: METHOD_NAMES.get(m, m),
+                 help="Grad-CAM is fast; the others take seconds on a CPU.")
+    d2.selectbox("Colormap", list(COLORMAPS), key="rv_cmap", persist_state="session")
+    d3.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="rv_opacity", persist_state="session")
+    d4.slider("Overlay only where heat ≥", 0.0, 0.9, step=0.05, key="rv_min_heat", persist_state="session",
+              help="Leaves the radiograph untinted where the explanation is weak (heat is scaled 0-1 per "
+                   "image); 0 tints the whole film.")
+    st.toggle("Full resolution, linked zoom and pan (original and overlay move together)", key="rv_linked", persist_state="session",
+              help="The file's own pixels (up to 4,096 a side): slower to draw than the side-by-side copies.")
+
+
+def _study_view(rec, item, sha: str, ref, pred, thr: float):
+    """Probability, warnings, the radiograph beside its heatmap overlay, then the display controls.
+    Returns (decoded image, heatmap alone), or None when the study cannot be displayed."""
+    for k, v in (("rv_method", METHODS[0]), ("rv_cmap", next(iter(COLORMAPS))), ("rv_opacity", 0.4),
+                 ("rv_min_heat", 0.2), ("rv_linked", False)):
+        st.session_state.setdefault(k, v)
+    method, cmap, opacity, linked, min_heat = _display_settings()
+    p = rec.probability
+    s1, s2, s3 = st.columns([2, 2, 3])
+    s1.metric("P(pneumonia)", f"{p:.3f}", help="Probability of pneumonia from the model")
+    s2.metric("Threshold", f"{thr:.3f}", help=f"Operating point in force: {state.operating_point_label()}")
+    s3.metric("At this threshold", "FLAGGED" if M.flagged(p, thr) else "not flagged",
+              delta=f"{p - thr:+.3f} vs threshold", delta_color="off")
+    for w in rec.warnings:
+        st.warning(w, icon=":material/warning:")
+    try:
+        load = resources.study_full_resolution if linked else resources.study_images
+        imgs = load(sha, pred.prep.image_size, item, pred.prep)
+    except (ImageReadError, OSError) as exc:
+        st.error(f"Cannot display this study: {exc}")
+        return None
+    panel = st.container()
+    with st.expander("Display: window/level, explanation, colours", expanded=False, icon=":material/tune:"):
         shown, window_text = _window_controls(imgs, sha)
-
+        _display_controls()
     heat = resources.heatmap(ref.key, sha, method, resources.explainer(ref), imgs.model_input)
-    original, overlay, alone = imaging.review_panels(shown, heat, colormap=cmap, opacity=opacity,
-                                                     min_heat=min_heat)
-
-    overlay_text = (f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, "
-                    f"heat ≥ {min_heat:.2f})")
+    original, overlay, alone = imaging.review_panels(shown, heat, colormap=cmap, opacity=opacity, min_heat=min_heat)
+    overlay_text = f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, heat ≥ {min_heat:.2f})"
     if linked:
-        views, c3 = st.columns([10, 4])
-        views.plotly_chart(figures.linked_views(original, overlay, ("Original", "Overlay")),
+        panel.plotly_chart(figures.linked_views(original, overlay, ("Original", "Overlay")),
                            key="rv_linked_views", config={"scrollZoom": True, "displaylogo": False})
         h, w = original.shape[:2]
-        views.caption(f"Original: {rec.name} ({window_text}, {w:,} x {h:,} px) · overlay: {overlay_text}")
-        views.image(colour_scale(cmap, 256, 10), width=300,
-                    caption="heat 0 → 1: evidence for pneumonia, scaled within this image · drag to zoom, "
-                            "double-click to reset; both views move together")
+        panel.caption(f"Original: {rec.name} ({window_text}, {w:,} x {h:,} px) · overlay: {overlay_text} · drag "
+                      "to zoom, double-click to reset; both views move together")
+        panel.image(colour_scale(cmap, 256, 10), width=300, caption="heat 0 → 1: evidence for pneumonia")
     else:
-        c1, c2, c3 = st.columns([5, 5, 4])
+        c1, c2 = panel.columns(2)
         c1.image(original, caption=f"{rec.name} ({window_text})", width="stretch")
         c2.image(overlay, caption=overlay_text, width="stretch")
         c2.image(colour_scale(cmap, 256, 10), width="stretch",
                  caption="heat 0 → 1: evidence for pneumonia, scaled within this image")
-    with c3:
-        p = rec.probability
-        s1, s2 = st.columns(2)
-        s1.metric("Probability of pneumonia", f"{p:.3f}")
-        s2.metric("Threshold", f"{thr:.3f}", delta=f"{p - thr:+.3f} probability − threshold", delta_color="off")
-        st.markdown(f"At this threshold: **{'FLAGGED' if M.flagged(p, thr) else 'not flagged'}**")
-        _review_form(rec, f"{pred.card.name} {pred.card.version}".strip(), thr, queue)
-        for w in rec.warnings:              # below the decision, so it stays in view at 1440x900
-            st.warning(w, icon=":material/warning:")
-        pacs_panel.send_to_pacs(store, rec, pred, resources.explainer(ref), thr,
-                                str(st.session_state.get(state.PRESET) or ""))
-    with st.expander("Heatmap alone and the study header", expanded=False):
-        h1, h2 = st.columns(2)
-        h1.image(alone, caption=f"{METHOD_NAMES.get(method, method)} heatmap alone "
-                                f"(evidence for pneumonia, warmer = more; scaled within this image, so a "
-                                f"low-probability study still shows a warmest spot)", width="stretch")
-        with h2:
-            _header_panel(imgs.image)
-    _export_section(store)
+    return imgs.image, alone
 
 
 def _apply_preset(sha: str, presets: dict) -> None:

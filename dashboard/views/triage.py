@@ -18,9 +18,55 @@ def _open_in_review(sha: str) -> None:
     st.switch_page(REVIEW_PAGE)
 
 
+_CONFIRM_CLEAR = "_confirm_clear"
+_LAST_CLEAR = "_last_clear"           # the ArchiveReceipt of the last Clear, for Undo
+
+
+def _ask_clear() -> None:
+    st.session_state[_CONFIRM_CLEAR] = True
+
+
+def _cancel_clear() -> None:
+    st.session_state.pop(_CONFIRM_CLEAR, None)
+
+
 def _clear(store, wl) -> None:
-    store.remove_studies(wl)
+    """Archive (never delete) the worklist's studies; Undo brings them back with their decisions."""
+    st.session_state.pop(_CONFIRM_CLEAR, None)
+    st.session_state[_LAST_CLEAR] = store.archive_studies(wl)
     st.session_state.pop(state.OPEN_STUDY, None)
+
+
+def _undo_clear(store, wl) -> None:
+    receipt = st.session_state.pop(_LAST_CLEAR, None)
+    if receipt is not None:
+        store.restore_studies(wl, receipt.batch)
+
+
+def _clear_controls(store, wl, n_studies: int, slot) -> None:
+    """Clear asks first; a cleared worklist can be brought back (Undo) for as long as this session lasts,
+    and the archived rows stay in the store after that."""
+    if st.session_state.get(_CONFIRM_CLEAR):
+        with slot.container(border=True):
+            st.warning(f"Clear the worklist? Its {n_studies:,} studies and your decisions on them leave this "
+                       "worklist (they are archived, not deleted, and Undo brings them back).")
+            y, n = st.columns(2)
+            y.button("Yes, clear the worklist", key="clear_confirm", type="primary", on_click=_clear,
+                     args=(store, wl), icon=":material/delete_sweep:")
+            n.button("Cancel", key="clear_cancel", on_click=_cancel_clear)
+    else:
+        slot.button("Clear worklist…", key="clear_worklist", on_click=_ask_clear, icon=":material/delete_sweep:",
+                    help="Asks before clearing; studies are archived and can be restored with Undo.")
+
+
+def _undo_banner(store, wl) -> None:
+    receipt = st.session_state.get(_LAST_CLEAR)
+    if receipt is None or not receipt.count:
+        return
+    u1, u2 = st.columns([4, 1], vertical_alignment="center")
+    u1.info(f"Cleared {receipt.count:,} {'study' if receipt.count == 1 else 'studies'} (archived with their "
+            "decisions).", icon=":material/inventory_2:")
+    u2.button("Undo clear", key="undo_clear", on_click=_undo_clear, args=(store, wl), icon=":material/undo:")
 
 
 def _release_freed_memory() -> None:
@@ -71,6 +117,7 @@ def render() -> None:
                    f"{fmt_mb(eviction.max_bytes)}): {eviction.blocked_by_unreviewed} flagged studies are not yet "
                    "reviewed, and their files are kept until they are. Review them, or raise CXR_STORE_MAX_MB.")
     pacs_panel.inbox_watch(store, wl)
+    _undo_banner(store, wl)
     batch = resources.worklist_batch(state.worklist(), ref.key)
     if batch is None:
         st.info("Upload files to build a worklist. Each file is scored once; moving the threshold "
@@ -80,8 +127,7 @@ def render() -> None:
     h1, h2 = st.columns([4, 1], vertical_alignment="center")
     h1.caption(f"{len(df):,} studies in your worklist, kept on this server for this page's link (a reload "
                "or a restart keeps them). Scored by " + model_label + ".")
-    h2.button("Clear worklist", key="clear_worklist", on_click=_clear, args=(store, wl),
-              icon=":material/delete_sweep:")
+    _clear_controls(store, wl, len(df), h2)
 
     c = worklist.counts(df, thr)
     m1, m2, m3, m4 = st.columns(4)
