@@ -40,11 +40,13 @@ pacs:
 run: install
 	$(PY) -m streamlit run dashboard/Home.py --server.port $(PORT) --server.address $(ADDRESS)
 
+# The engine's import contract (pyproject.toml, [tool.importlinter]) first: a breach fails the run.
 test: install-test
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench: install
-	$(PY) -m engine.bench
+	$(PY) -m benchmarks.inference
 	$(PY) -m training.bench
 
 clean:

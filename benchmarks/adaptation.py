@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.model_selection import ACQUISITION, prob, run  # noqa: E402
-from engine import metrics as M  # noqa: E402
-from engine.backends import cpu_info  # noqa: E402
-from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.evaluation import metrics as M  # noqa: E402
+from engine.inference.backends import cpu_info  # noqa: E402
+from engine.model.checkpoint import load_checkpoint  # noqa: E402
 from engine.decode import read_image  # noqa: E402
-from engine.ood import FeatureOOD  # noqa: E402
+from engine.model.ood import FeatureOOD  # noqa: E402
 from training.ood import split_from_card  # noqa: E402
 from training.stress import CONDITIONS  # noqa: E402
 

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--backends", default="auto,onnx,torch")
     args = ap.parse_args()
-    from engine.backends import cpu_info
+    from engine.inference.backends import cpu_info
     print(f"CPU: {cpu_info().summary()}")
     for backend in args.backends.split(","):
         times, last = [], {}

@@ -1,6 +1,6 @@
 """Inference benchmark, whole processes: the batch CLI on each backend against the plain pipeline.
 
-    python -m engine.bench [--data-dir ../shared/data/kermany224] [--images 600] [--heatmap-images 300]
+    python -m benchmarks.inference [--data-dir ../shared/data/kermany224] [--images 600] [--heatmap-images 300]
                            [--backends torch,onnx,onnx-int8,openvino] [--memory-files 1000] [--repeats 1]
 
 Prints the CPU model and the flags that decide the backend, the backend the device policy picks
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = ROOT / "assets" / "sample"
 sys.path.insert(0, str(ROOT))
 
-from engine.backends import choose_for_checkpoint, cpu_info, onnxruntime_available, openvino_available  # noqa: E402
-from engine.checkpoint import DEFAULT_MODEL_DIR, read_card  # noqa: E402
+from engine.inference.backends import choose_for_checkpoint, cpu_info, onnxruntime_available, openvino_available  # noqa: E402
+from engine.model.checkpoint import DEFAULT_MODEL_DIR, read_card  # noqa: E402
 
 
 def pick_files(data_dir: Path, n: int) -> list[Path]:
@@ -70,7 +70,7 @@ def read_probs(path: Path) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m engine.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     default_data = ROOT.parent / "shared" / "data" / "kermany224"
     ap.add_argument("--data-dir", type=Path, default=default_data if default_data.is_dir() else SAMPLE_DIR)
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     choice = choose_for_checkpoint(args.checkpoint, card)
     print(f"CPU: {cpu.summary()}")
     print(f"backend chosen here: {choice.name} ({choice.reason})")
-    from engine.backends import int8
+    from engine.inference.backends import int8
     backends = [b for b in args.backends.split(",") if b]
     notes = {}
     if not onnxruntime_available():
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     if "onnx-int8" in backends:
         if int8.int8_path(args.checkpoint, card) is None:
             backends.remove("onnx-int8")
-            notes["onnx-int8"] = "no INT8 graph built (python -m engine.backends.int8)"
+            notes["onnx-int8"] = "no INT8 graph built (python -m engine.inference.backends.int8)"
         elif not int8.ready(args.checkpoint, card):
             notes["onnx-int8"] = "built but FAILED its agreement gate: measured here, never chosen"
     files = pick_files(args.data_dir, args.images)
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
         agree = f"max |p - p_f32| {np.abs(p_new - p_ref).max():.4f}"
         agree += f", flags same {np.mean((p_new >= card.threshold) == (p_ref >= card.threshold)):.4f}"
         if None not in labels and len(set(labels)) == 2:
-            from engine import metrics
+            from engine.evaluation import metrics
             agree += f", AUC {metrics.roc_auc(labels, p_new):.5f} (f32 {metrics.roc_auc(labels, p_ref):.5f})"
         rows.append((b, len(files) / statistics.median(seconds[(b, "pred")]), ratio((b, "pred")),
                      len(heat_files) / statistics.median(seconds[(b, "heat")]), ratio((b, "heat")),

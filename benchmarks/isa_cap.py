@@ -26,17 +26,17 @@ def time_network(backend: str, repeats: int) -> float:
     """Images per second for one batch of 32 through ``backend`` ("torch" or "openvino"), float32."""
     import numpy as np
 
-    from engine.backends import artefacts
-    from engine.backends.measured import images_per_second
-    from engine.checkpoint import DEFAULT_MODEL_DIR, read_card
+    from engine.inference.backends import artefacts
+    from engine.inference.backends.measured import images_per_second
+    from engine.model.checkpoint import DEFAULT_MODEL_DIR, read_card
     x = np.random.default_rng(0).standard_normal((32, 1, 224, 224)).astype(np.float32)
     if backend == "openvino":
-        from engine.backends.ov import OpenVinoRunner
+        from engine.inference.backends.ov import OpenVinoRunner
         runner = OpenVinoRunner(artefacts.onnx_path(DEFAULT_MODEL_DIR, read_card(DEFAULT_MODEL_DIR)),
                                 bfloat16=False)
     else:
         os.environ["CXR_PRECISION"] = "float32"
-        from engine.predictor import Predictor
+        from engine.inference.predictor import Predictor
         runner = Predictor.from_checkpoint(backend="torch").runner
     return images_per_second(runner, x, repeats)
 
@@ -50,7 +50,7 @@ def main() -> None:
     if args.child:
         print(f"{time_network(args.child, args.repeats):.1f}")
         return
-    from engine.backends import cpu_info
+    from engine.inference.backends import cpu_info
     print(f"CPU: {cpu_info().summary()}")
     print(f"network alone, float32, batch 32, median of {args.repeats}; capped: ONEDNN_MAX_CPU_ISA={args.isa}")
     capped_env = {"ONEDNN_MAX_CPU_ISA": args.isa, "DNNL_MAX_CPU_ISA": args.isa,

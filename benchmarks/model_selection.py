@@ -25,10 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import metrics as M  # noqa: E402
-from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.evaluation import metrics as M  # noqa: E402
+from engine.model.checkpoint import load_checkpoint  # noqa: E402
 from engine.decode import read_image  # noqa: E402
-from engine.ood import FeatureOOD, fit  # noqa: E402
+from engine.model.ood import FeatureOOD, fit  # noqa: E402
 from training.calibrate import with_margin  # noqa: E402
 from training.ood import split_from_card  # noqa: E402
 from training.stress import CONDITIONS  # noqa: E402

@@ -22,7 +22,7 @@ from torchvision import transforms
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint  # noqa: E402
+from engine.model.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         import cv2
         from captum.attr import LayerAttribution, LayerGradCam
 
-        from engine.overlay import side_by_side
+        from engine.inference.overlay import side_by_side
         Path(args.heatmaps).mkdir(parents=True, exist_ok=True)
         def margin(x):
             z = model(x)

@@ -31,7 +31,7 @@ def fill_store(root: Path, n: int, model_key: str, seed: int = 0) -> str:
     """A worklist of ``n`` scored studies (every 50th unreadable); return its token."""
     from dashboard.imaging import thumbnail_data_uri
     from engine.image import StudyMetadata
-    from engine.store import Result, Store
+    from engine.worklist.store import Result, Store
     store = Store(root)
     token, wl = store.create_worklist("benchmark")
     rng = np.random.default_rng(seed)
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     os.environ["CXR_STORE_DIR"] = tempfile.mkdtemp(prefix="cxr-worklist-bench-")
     from streamlit.testing.v1 import AppTest
     from dashboard.resources import model_ref
-    from engine.predictor import Predictor
+    from engine.inference.predictor import Predictor
 
     token = fill_store(Path(os.environ["CXR_STORE_DIR"]), args.studies, model_ref(None).key)
     calls = {"images": 0}

@@ -14,12 +14,13 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 
-from engine import limits
+from engine.inputs import limits
 from engine.errors import ImageReadError
-from engine.ingest import cached_item, ingest, result_from_prediction, score_files  # noqa: F401 (re-exported)
-from engine.predictor import Predictor
-from engine.sources import InputItem, error_item, is_zip_bytes, iter_zip
-from engine.store import Store, StudyRow, Worklist
+from engine.worklist.ingest import (cached_item, ingest, result_from_prediction, score_files,  # noqa: F401 (re-exported)
+                                     score_pending)
+from engine.inference.predictor import Predictor
+from engine.inputs.sources import InputItem, error_item, is_zip_bytes, iter_zip
+from engine.worklist.store import Store, StudyRow, Worklist
 
 MB = limits.MB
 MAX_FILE_BYTES = limits.MAX_FILE_BYTES      # one image (or one ZIP member): the engine's limit
@@ -82,9 +83,7 @@ def ingest_uploads(store: Store, worklist: Worklist, uploads: Sequence[Upload], 
 def score_worklist(store: Store, worklist: Worklist, predictor: Predictor, model_key: str, *,
                    progress: Optional[Progress] = None) -> int:
     """Score every study of the worklist (and the inbox) not yet scored with this model."""
-    rows = store.studies(worklist, model_key)
-    return score_files(store, {r.sha256: r.name for r in rows if r.sha256 and r.result is None},
-                       predictor, model_key, progress=progress)
+    return score_pending(store, worklist, predictor, model_key, progress=progress)
 
 
 def load_batch(store: Store, worklist: Worklist, model_key: str,

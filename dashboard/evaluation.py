@@ -18,9 +18,9 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from engine import metrics as M
+from engine.evaluation import metrics as M
 
-from engine.store import StudyRow
+from engine.worklist.store import StudyRow
 
 DEFAULT_CLASS_NAMES = ("normal", "pneumonia")
 METRIC_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV",
@@ -219,7 +219,7 @@ def per_file(ls: LabelledSet, threshold: float) -> pd.DataFrame:
 
 def metrics_table(ls: LabelledSet, threshold: float, n_resamples: int = 1000, seed: int = 0
                   ) -> pd.DataFrame:
-    """Metric, value and bootstrap 95% interval at ``threshold`` (engine.metrics, vectorised)."""
+    """Metric, value and bootstrap 95% interval at ``threshold`` (engine.evaluation.metrics, vectorised)."""
     ci = M.threshold_metrics_with_ci(ls.labels, ls.scores, threshold, n_resamples=n_resamples, seed=seed)
     return pd.DataFrame([{"metric": METRIC_NAMES[k], "value": v, "ci_low": lo, "ci_high": hi}
                          for k, (v, lo, hi) in ci.items()])

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from engine.metrics import CalibrationBins, Confusion, clopper_pearson
+from engine.evaluation.metrics import CalibrationBins, Confusion, clopper_pearson
 
 ACCENT = "#4FA3D9"
 CLASS_COLORS = ("#9AA5B1", "#E8A23B")      # normal: neutral grey, pneumonia: amber

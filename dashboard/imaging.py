@@ -7,9 +7,9 @@ from typing import Optional
 
 import numpy as np
 
-from engine.ingest import THUMBNAIL_PX, fit_within, thumbnail_data_uri  # noqa: F401 (re-exported)
-from engine.overlay import colorize, overlay_heatmap, to_gray_rgb, window_level
-from engine.png import encode_rgb_png
+from engine.worklist.ingest import THUMBNAIL_PX, fit_within, thumbnail_data_uri  # noqa: F401 (re-exported)
+from engine.inference.overlay import colorize, overlay_heatmap, to_gray_rgb, window_level
+from engine.inference.png import encode_rgb_png
 
 DISPLAY_MAX_PX = 1024      # longest side of the images the review page draws side by side
 FULL_RES_MAX_PX = 4096     # longest side of the linked zoom view: a radiograph's own pixels (CR/DX films

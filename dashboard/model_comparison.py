@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from engine import metrics as M
+from engine.evaluation import metrics as M
 
 from dashboard.evaluation import LabelledSet, sensitivity_specificity
 

@@ -11,12 +11,13 @@ Configured by the deployment, never typed by a user (the server would fetch from
 
 from __future__ import annotations
 
-import os
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import state
+from engine.settings import settings
+from engine.errors import EngineError
 
 DICOMWEB_URL_ENV = "CXR_DICOMWEB_URL"
 DESTINATION_ENV = "CXR_PACS_DESTINATION"
@@ -31,7 +32,7 @@ _MODALITIES = {"CR and DX": ("CR", "DX"), "CR": ("CR",), "DX": ("DX",)}
 def inbox_watch(store, wl) -> None:
     """Rerun the page when the store changes under it (the receiver or a pull added studies)."""
     try:
-        every = float(os.environ.get(POLL_ENV, "") or 5)
+        every = float(settings().inbox_poll_s)
     except ValueError:
         every = 5.0
     st.session_state[state.INBOX_SEEN] = store.version(wl)
@@ -56,13 +57,13 @@ def _date(d) -> str:
 
 def pacs_source(store) -> int:
     """Query the configured DICOMweb server and pull studies into the inbox; returns images added."""
-    from engine import pacs
-    url = os.environ.get(DICOMWEB_URL_ENV, "").strip()
+    from engine.pacs import send as pacs
+    url = settings().dicomweb_url
     with st.expander("PACS (DICOMweb)", icon=":material/cloud_download:", expanded=False):
         if not url:
-            st.caption(f"Not configured. Set {DICOMWEB_URL_ENV}=http://pacs:8042/dicom-web when starting the "
-                       "dashboard; radiographs sent to `python -m engine.receive` appear in every worklist "
-                       "without it.")
+            st.caption("No PACS query is set up on this server (your administrator can connect one; "
+                       "studies the PACS sends to the triage receiver appear here without it).",
+                       help=f"Administrators: start the dashboard with {DICOMWEB_URL_ENV}=<DICOMweb root>.")
             return 0
         st.caption(f"Query {url} (QIDO-RS) and pull radiographs (WADO-RS) into the shared inbox, which every "
                    "worklist lists.")
@@ -109,16 +110,18 @@ def pacs_source(store) -> int:
 
 def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "") -> None:
     """A button that sends the reviewed study's SR (with the decision) and heatmap capture."""
-    from engine import pacs
-    from engine.dicom_out import NotDicomError, ResultWriter
-    dest_text = os.environ.get(DESTINATION_ENV, "").strip()
+    from engine.pacs import send as pacs
+    from engine.pacs.dicom_out import NotDicomError, ResultWriter
+    dest_text = settings().pacs_destination
     if not dest_text:
-        st.caption(f"Send to PACS: not configured ({DESTINATION_ENV}=AET@HOST:PORT or a DICOMweb URL).")
+        st.caption("Sending results to the PACS is not set up on this server.",
+                   help=f"Administrators: start the dashboard with {DESTINATION_ENV}=AET@HOST:PORT or a DICOMweb root.")
         return
     try:
         dest = pacs.parse_destination(dest_text)
     except ValueError as exc:
-        st.caption(f"Send to PACS: {DESTINATION_ENV} is wrong: {exc}")
+        st.caption("Sending results to the PACS is set up wrongly on this server; ask your administrator.",
+                   help=f"Administrators: {DESTINATION_ENV} is wrong: {exc}")
         return
     reviewed = bool(store.decisions(rec.id))
     if not st.button("Send report and heatmap to PACS", key="send_pacs", icon=":material/send:",
@@ -131,12 +134,12 @@ def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "")
     try:
         with st.spinner("Sending…"):
             n = pacs.send_study_results(store, rec, writer, dest,
-                                        calling_aet=os.environ.get(AET_ENV, "TRIAGE").strip() or "TRIAGE")
+                                        calling_aet=settings().pacs_aet or "TRIAGE")
     except NotDicomError:
         st.warning("Not a DICOM study: there is no study in the PACS to file the results into.")
     except pacs.PacsError as exc:
         st.error(str(exc))
-    except Exception as exc:        # an evicted file (StoreError says so), a decoder refusal
-        st.error(f"Not sent: {exc}" if isinstance(exc, ValueError) else f"Not sent ({type(exc).__name__}).")
+    except (EngineError, OSError) as exc:   # an evicted file (StoreError says so), a decoder refusal
+        st.error(f"Not sent: {exc}")
     else:
         st.success(f"Sent {n} object(s) to {dest}.")

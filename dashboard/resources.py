@@ -15,15 +15,15 @@ from typing import Optional
 import numpy as np
 import streamlit as st
 
-from engine.checkpoint import DEFAULT_MODEL_DIR, load_val_predictions_path
+from engine.model.checkpoint import DEFAULT_MODEL_DIR, load_val_predictions_path
 from engine.decode.pool import default_pool
 from engine.image import DecodedImage
-from engine.ingest import checkpoint_fingerprint
-from engine.store import Store, default_root
+from engine.worklist.ingest import checkpoint_fingerprint
+from engine.worklist.store import Store, default_root
 
 from dashboard.batch import load_batch
 from dashboard.worklist import build_worklist
-from engine.sources import InputItem
+from engine.inputs.sources import InputItem
 
 from dashboard.evaluation import (EvaluationFolder, LabelledSet, labelled_set_from_csv, load_evaluation_folder,
                                   val_predictions_set)
@@ -59,7 +59,7 @@ def model_ref(folder: Optional[str] = None) -> ModelRef:
 def _load_predictor(path: str, fingerprint: str):
     from engine.gc_pause import paused_gc
     with paused_gc():   # loading creates long-lived objects only: collect once it is done
-        from engine.predictor import Predictor      # torch is imported here, once per process
+        from engine.inference.predictor import Predictor      # torch is imported here, once per process
         return Predictor.from_checkpoint(path)
 
 

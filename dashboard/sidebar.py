@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.checkpoint import DEFAULT_MODEL_DIR
-from engine.paths import PathNotAllowed, confine
-from engine.site import list_profiles
+from engine.model.checkpoint import DEFAULT_MODEL_DIR
+from engine.inputs.paths import PathNotAllowed, confine
+from engine.evaluation.site import list_profiles
 from engine.errors import CheckpointError
 
 from dashboard import resources, state

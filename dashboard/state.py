@@ -15,13 +15,13 @@ import numpy as np
 import streamlit as st
 
 from dashboard import upload_spool
-from engine import metrics as M
+from engine.evaluation import metrics as M
 
 THRESHOLD = "threshold"          # slider key
 PRESET = "preset"                # preset selectbox key
 MODEL_REF = "model_ref"          # the ModelRef the sidebar resolved for this run
 REVIEW_SHA = "review_sha"        # the study open in Review
-WORKLIST = "worklist"            # the engine.store.Worklist this browser session works on
+WORKLIST = "worklist"            # the engine.worklist.store.Worklist this browser session works on
 WORKLIST_PARAM = "w"             # the link's query parameter that carries the worklist's secret token
 _TOKEN = "_worklist_token"
 _UPLOADER_GEN = "_uploader_generation"
@@ -73,7 +73,7 @@ def build_presets(card_threshold: float, labels: Optional[np.ndarray], scores: O
 
 def site_preset_name(profile) -> str:
     """A site profile as the operating-point list names it: its name, its case counts, and "unreliable"
-    when it was fitted on too few cases (``engine.site.MIN_PER_CLASS`` of each class)."""
+    when it was fitted on too few cases (``engine.evaluation.site.MIN_PER_CLASS`` of each class)."""
     mark = "" if profile.reliable else ", unreliable"
     return f"{profile.name} ({profile.n_pneumonia}+{profile.n_normal} cases{mark})"
 
@@ -159,7 +159,7 @@ def open_worklist(store):
 
 
 def worklist():
-    """The worklist opened for this run (an ``engine.store.Worklist``)."""
+    """The worklist opened for this run (an ``engine.worklist.store.Worklist``)."""
     return st.session_state[WORKLIST]
 
 

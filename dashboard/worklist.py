@@ -14,15 +14,16 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from engine.store import StudyRow
-from engine import csvsafe
-from engine import metrics as M
+from engine.worklist.store import StudyRow
+from engine.worklist import csvsafe
+from engine.evaluation import metrics as M
 
 IDENTIFIER_COLUMNS = tuple(csvsafe.IDENTIFIER_COLUMNS)
-BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "review", "study_date",
+BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warnings", "review", "audit", "study_date",
                 "age_band", "modality", "view_position", "body_part", "format", "study", "sha256")
-DISPLAY_COLUMNS = ("thumbnail", "file", "probability", "flag", "review", "reason", "warnings", "study_date",
+DISPLAY_COLUMNS = ("thumbnail", "file", "probability", "flag", "review", "audit", "reason", "warnings", "study_date",
                    "age_band", "modality", "view_position")
+AUDIT_TEXT = "audit"     # an unflagged study drawn into the audit sample (engine.monitoring.audit): to review
 WORKLIST_EXPORT_COLUMNS = ("review", "study_date", "age_band", "body_part", "format")   # after the results columns
 VIEWS = ("All", "Flagged", "Not flagged", "Unreadable")
 FLAG_TEXT = {True: "FLAGGED", False: "not flagged"}
@@ -57,6 +58,7 @@ def build_worklist(records: Iterable[StudyRow]) -> pd.DataFrame:
             "reason": r.message,
             "warnings": " | ".join(r.warnings),
             "review": r.review_status,
+            "audit": AUDIT_TEXT if r.audit else "",
             "study_date": _date(md.study_date),
             "age_band": md.age_band or "",
             "study": md.study_key or "",
@@ -139,6 +141,8 @@ def view(df: pd.DataFrame, threshold: float, show: str = "All", thumbnails: bool
     cols = [c for c in DISPLAY_COLUMNS if c != "flag" and (thumbnails or c != "thumbnail")]
     out = df[cols + ["sha256"]].copy()
     out.insert(cols.index("probability") + 1, "flag", flag_column(df, threshold))
+    # A warning is visible in the row itself, next to the flag, however narrow the Warnings column is.
+    out.insert(cols.index("probability") + 2, "warn", ["⚠" if w else "" for w in df["warnings"].fillna("")])
     if show == "Flagged":
         out = out[out["flag"] == FLAG_TEXT[True]]
     elif show == "Not flagged":
@@ -164,8 +168,9 @@ def readable_shas(df: pd.DataFrame) -> list[str]:
 
 
 
-def export_csv(df: pd.DataFrame, threshold: float, model: str, include_identifiers: bool = False) -> str:
-    """The worklist as CSV: the results row the CLI and the archive write (``engine.csvsafe.result_row``:
+def export_csv(df: pd.DataFrame, threshold: float, model: str, include_identifiers: bool = False,
+               operating_point: str = "") -> str:
+    """The worklist as CSV: the results row the CLI and the archive write (``engine.worklist.csvsafe.result_row``:
     same columns, formats and flag rule; "message" says why a file has no probability), then the
     worklist's own columns; identifier columns only when ``include_identifiers`` (fill them first with
     :func:`with_identifiers`)."""
@@ -178,6 +183,7 @@ def export_csv(df: pd.DataFrame, threshold: float, model: str, include_identifie
             probability=None if pd.isna(r["probability"]) else float(r["probability"]), threshold=threshold,
             model=model, warnings=[r["warnings"]] if r["warnings"] else [], modality=r["modality"],
             view_position=r["view_position"], sha256=r["sha256"],
-            identifiers={c: r[c] for c in IDENTIFIER_COLUMNS} if include_identifiers else None)
+            identifiers={c: r[c] for c in IDENTIFIER_COLUMNS} if include_identifiers else None,
+            operating_point=operating_point)
         rows.append({**row, **{c: r[c] for c in WORKLIST_EXPORT_COLUMNS}})
     return csvsafe.rows_csv(columns, rows)

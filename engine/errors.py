@@ -1,4 +1,18 @@
-"""Typed errors. Every message names the file and the problem, so a batch can report it per file."""
+"""The one error tree. Every error the engine reports to a user is an :class:`EngineError`, whose
+message names the file (or the setting, the folder, the peer) and the problem, so that a batch can report
+it per file and a page can show ``str(err)`` as it is. Callers catch ``EngineError``, not ``Exception``.
+
+    EngineError
+    ├── ImageReadError (Empty, UnsupportedFormat, CorruptImage, MissingPixelData, ImageTooLarge)
+    ├── CheckpointError          a checkpoint folder or its card is wrong
+    ├── PathNotAllowed           a typed path outside the configured roots
+    ├── ProfileError             a site profile cannot be fitted, saved, found or trusted
+    ├── StoreError               a store operation that cannot be done
+    │   ├── StoreDamaged         the store's database is missing, empty or corrupt
+    │   └── DecisionExists       (engine.worklist.store) a second decision without "change"
+    ├── NotDicomError            not a DICOM image a result can be filed under
+    └── PacsError                a PACS could not be reached, or refused
+"""
 
 from __future__ import annotations
 
@@ -38,3 +52,28 @@ class ImageTooLargeError(ImageReadError):
 
 class CheckpointError(EngineError):
     """A checkpoint folder is missing, incomplete, or does not match its declared architecture."""
+
+
+class PathNotAllowed(EngineError):
+    """A typed path is outside the configured roots, or does not exist (one message for both)."""
+
+
+class ProfileError(EngineError, ValueError):
+    """A profile that cannot be fitted, saved, found or trusted (the message says why)."""
+
+
+class StoreError(EngineError, ValueError):
+    """A store operation that cannot be done (the message says why)."""
+
+
+class StoreDamaged(StoreError):
+    """The store's database is missing beside its files, empty, or corrupt: nothing is opened, so that a
+    damaged store never shows as an empty worklist. The message names the file and what to do."""
+
+
+class NotDicomError(EngineError, ValueError):
+    """The input is not a DICOM image with the UIDs a result can be filed under."""
+
+
+class PacsError(EngineError, RuntimeError):
+    """A PACS could not be reached, or refused (the message says which; never an identifier)."""

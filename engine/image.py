@@ -29,7 +29,7 @@ class StudyMetadata:
     number_of_frames: Optional[int] = None  # DICOM multi-frame: only the first frame is read
     sop_class: Optional[str] = None         # e.g. "Digital X-Ray Image Storage - For Presentation"
     decoder: Optional[str] = None           # pydicom pixel-data plugin used: "pylibjpeg", "gdcm", ...
-    age_band: Optional[str] = None          # engine.population.AGE_BANDS, never the exact age
+    age_band: Optional[str] = None          # engine.model.population.AGE_BANDS, never the exact age
     study_key: Optional[str] = None         # a hash of StudyInstanceUID: groups a study's images, reveals nothing
 
     def as_dict(self) -> dict:

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.checkpoint import DEFAULT_MODEL_DIR, ModelCard, save_checkpoint
+from engine.model.checkpoint import DEFAULT_MODEL_DIR, ModelCard, save_checkpoint
 from engine.decode import read_image
-from engine.preprocess import Preprocessing
+from engine.model.preprocess import Preprocessing
 from models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def tiny_card(arch: str = "resnet18_cbam", *, image_size: int = 32, in_channels:
 def write_tiny_checkpoint(folder: Path, arch: str = "resnet18_cbam", *, image_size: int = 32,
                           in_channels: int = 1, seed: int = 0, half: bool = False,
                           **card_kwargs) -> Path:
-    """Save a tiny random checkpoint with :func:`engine.checkpoint.save_checkpoint`."""
+    """Save a tiny random checkpoint with :func:`engine.model.checkpoint.save_checkpoint`."""
     model = tiny_model(arch, in_channels=in_channels, seed=seed)
     card = tiny_card(arch, image_size=image_size, in_channels=in_channels, **card_kwargs)
     return save_checkpoint(model, card, folder, half=half)

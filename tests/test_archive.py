@@ -191,7 +191,7 @@ def test_archive_manifest_glob_heatmaps_and_a_changed_file(ray_address, tmp_path
     assert len(new) == len(by_name)
 
     # --anonymise-names: the outputs name files by a hash (file names often hold patients' names)
-    from engine.csvsafe import anonymous_name
+    from engine.worklist.csvsafe import anonymous_name
     shutil.copyfile(JPEGS[-2], data / JPEGS[1].name)
     before = {p.name for p in (out / "heatmaps").iterdir()}
     run = _archive(args + ["--anonymise-names", "--csv"])

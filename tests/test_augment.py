@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from engine.preprocess import Preprocessing
+from engine.model.preprocess import Preprocessing
 from training import data as ds
 from training.augment import AugmentConfig, augment_batch
 from training.cache import decode_samples

@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-from engine.backends import BACKENDS, CpuInfo, artefacts, choose_backend
-from engine.device import plain_policy
-from engine.predictor import Predictor
-from engine.sources import iter_inputs
+from engine.inference.backends import BACKENDS, CpuInfo, artefacts, choose_backend
+from engine.model.device import plain_policy
+from engine.inference.predictor import Predictor
+from engine.inputs.sources import iter_inputs
 from helpers import DICOMS, JPEGS, ROOT, SHIPPED_MODEL, assert_close, write_tiny_checkpoint
 
 pytest.importorskip("onnxruntime")
@@ -77,7 +77,7 @@ def test_export_is_cached_and_rebuilt_when_the_weights_change(cache, tmp_path):
 
 def _predict_without_torch(backend: str, out, cache) -> None:
     """``engine.predict`` on the real samples in a fresh process; asserts it never imported torch."""
-    code = ("import sys; from engine.predict import main; "
+    code = ("import sys; from engine.cli.predict import main; "
             f"rc = main([*{REAL!r}, '--out', {str(out)!r}, '--backend', {backend!r}, '--quiet']); "
             "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH'); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -98,7 +98,7 @@ def test_predict_cli_does_not_import_torch_on_the_onnx_backend(cache, tmp_path, 
 
 def test_int8_is_built_gated_and_chosen_only_when_it_passes(cache, tmp_path, float32):
     pytest.importorskip("onnx")
-    from engine.backends import int8
+    from engine.inference.backends import int8
     labels = np.array([0 if "NORMAL" in str(p) else 1 for p in JPEGS])
     report = int8.build(SHIPPED_MODEL, JPEGS, labels, every=1)
     assert set(report["gate"]) == {"max_probability_difference", "auc_difference", "flag_agreement"}
@@ -121,7 +121,7 @@ def test_int8_is_built_gated_and_chosen_only_when_it_passes(cache, tmp_path, flo
 
 def test_openvino_matches_torch_float32_and_starts_without_torch(cache, tmp_path, float32):
     pytest.importorskip("openvino")
-    from engine.backends import cpu_info
+    from engine.inference.backends import cpu_info
     ov = Predictor.from_checkpoint(SHIPPED_MODEL, backend="openvino")
     assert ov.runner.name == "openvino" and ov.runner.bfloat16 == cpu_info().native_bf16
     assert ("bfloat16" if cpu_info().native_bf16 else "float32") in ov.backend_label
@@ -144,7 +144,7 @@ def test_openvino_matches_torch_float32_and_starts_without_torch(cache, tmp_path
     ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}, "torch"),  # Xeon, AMX
 ])
 def test_choice_follows_the_cpu(monkeypatch, flags, expected):
-    import engine.backends as backends
+    import engine.inference.backends as backends
     monkeypatch.delenv("CXR_BACKEND", raising=False)
     monkeypatch.delenv("CXR_PRECISION", raising=False)
     monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo("test CPU", 2, frozenset(flags)))
@@ -165,8 +165,8 @@ def test_choice_follows_the_cpu(monkeypatch, flags, expected):
 
 
 def test_an_automatic_backend_that_cannot_start_falls_back_in_order(cache, monkeypatch, float32):
-    import engine.backends as backends
-    import engine.backends.ov as ov
+    import engine.inference.backends as backends
+    import engine.inference.backends.ov as ov
     monkeypatch.delenv("CXR_BACKEND", raising=False)
     monkeypatch.delenv("CXR_PRECISION", raising=False)
     monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo("test CPU", 2, frozenset({"avx2", "avx512_bf16"})))
@@ -193,8 +193,8 @@ def test_where_the_table_never_timed_openvino_both_are_timed_once_and_the_record
     presented as AVX2-only, then as AMX), the first prediction times the table's choice and OpenVINO
     on the real network, uses OpenVINO only with a 10% margin, and later starts read the record."""
     pytest.importorskip("openvino")
-    import engine.backends as backends
-    from engine.backends import measured
+    import engine.inference.backends as backends
+    from engine.inference.backends import measured
     monkeypatch.delenv("CXR_BACKEND", raising=False)
     monkeypatch.delenv("CXR_PRECISION", raising=False)
     monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo(f"test {kind} CPU", 2, frozenset(flags)))
@@ -229,7 +229,7 @@ def test_the_shared_torch_network_keeps_each_threads_features_and_stage_inputs_a
     must each get their own images' features (out-of-population score) and layer3 outputs (Grad-CAM),
     although both forward passes fire the same hooks on the shared network."""
     import threading
-    from engine.checkpoint import load_checkpoint
+    from engine.model.checkpoint import load_checkpoint
     predictor = Predictor(*load_checkpoint(SHIPPED_MODEL), plain_policy(), checkpoint=SHIPPED_MODEL)
     prep = predictor.prep
     from engine.decode import read_image

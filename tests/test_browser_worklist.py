@@ -90,12 +90,12 @@ def test_reload_restart_two_users_and_keyboard_review(browser, tmp_path):
         alice.evaluate("document.activeElement && document.activeElement.blur()")   # out of any input
         alice.keyboard.press("a")
         wait_idle(alice, MODEL_TIMEOUT_MS)
-        alice.get_by_text("Recorded: agree").wait_for()
+        alice.get_by_text("Decision recorded: agree").wait_for()
         second = alice.get_by_role("combobox", name="Study").input_value()
         assert second != first, "recording did not move on to the next study"
         alice.keyboard.press("d")
         wait_idle(alice, MODEL_TIMEOUT_MS)
-        alice.get_by_text("Recorded: disagree").wait_for()
+        alice.get_by_text("Decision recorded: disagree").wait_for()
         screenshot(alice, "worklist_01_review_1440x900.png")
         for button in ("Agree Shortcut A", "Disagree Shortcut D"):                         # the decision is in view at 1440x900
             box = alice.get_by_role("button", name=button).bounding_box()

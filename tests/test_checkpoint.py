@@ -1,4 +1,4 @@
-"""engine.checkpoint: safetensors + model card round trip, and every way a folder can be wrong."""
+"""engine.model.checkpoint: safetensors + model card round trip, and every way a folder can be wrong."""
 
 import json
 import pickle
@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine.checkpoint import CARD_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
-from engine.device import plain_policy
+from engine.model.checkpoint import CARD_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from engine.model.device import plain_policy
 from engine.errors import CheckpointError
-from engine.predictor import Predictor
+from engine.inference.predictor import Predictor
 from helpers import (JPEGS, SHIPPED_MODEL, assert_close, resized_samples, tiny_card, tiny_model,
                      write_tiny_checkpoint)
 
@@ -148,11 +148,11 @@ def test_loading_never_unpickles(ckpt, tmp_path, writer):
 def test_the_committed_models_are_complete_checkpoints(folder):
     """The default and the model it replaced (docs/MODEL_SELECTION.md): loadable by every caller,
     with a card, an out-of-population score and their training images' hashes."""
-    from engine.checkpoint import read_card
-    from engine.ood import FeatureOOD
-    from engine.predictor import Predictor
-    from engine.provenance import overlap_warning
-    from engine.sources import iter_inputs
+    from engine.model.checkpoint import read_card
+    from engine.model.ood import FeatureOOD
+    from engine.inference.predictor import Predictor
+    from engine.evaluation.provenance import overlap_warning
+    from engine.inputs.sources import iter_inputs
     card = read_card(folder)
     assert card.architecture == "resnet18_cbam" and 0 < card.threshold < 1 and card.version
     assert FeatureOOD.load(folder) is not None
@@ -160,3 +160,26 @@ def test_the_committed_models_are_complete_checkpoints(folder):
     assert all(p.ok and 0 <= p.probability <= 1 for p in preds)
     shas = [p.sha256 for p in preds]
     assert "training split" in overlap_warning(folder, shas)      # the samples come from its training images
+
+
+@pytest.mark.parametrize("change", [{"temperature": 1e-310}, {"temperature": 1e308},
+                                    {"decision_threshold": float("nan")},
+                                    {"input": {"image_size": 0, "in_channels": 1, "intensity": "zscore"}},
+                                    {"architecture": None}],
+                         ids=["temperature-1e-310", "temperature-1e308", "threshold-nan", "image-size-0",
+                              "architecture-none"])
+def test_cards_that_would_make_every_probability_degenerate_are_refused(ckpt, change):
+    edit_card(ckpt, **change)
+    with pytest.raises(CheckpointError, match=str(ckpt / CARD_FILE)):
+        load_checkpoint(ckpt)
+
+
+def test_a_card_that_is_not_an_object_is_refused_with_one_message(ckpt):
+    (ckpt / CARD_FILE).write_text("[1, 2, 3]")
+    with pytest.raises(CheckpointError, match="is not a valid model card: a model card is a JSON object"):
+        load_checkpoint(ckpt)
+
+
+def test_a_bare_number_threshold_is_read_as_the_threshold(ckpt):
+    edit_card(ckpt, decision_threshold=0.3)
+    assert load_checkpoint(ckpt)[1].threshold == 0.3

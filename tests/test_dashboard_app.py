@@ -23,13 +23,13 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import metrics as M
-from engine.site import load_profile
-from engine.checkpoint import DEFAULT_MODEL_DIR, read_card
+from engine.evaluation import metrics as M
+from engine.evaluation.site import load_profile
+from engine.model.checkpoint import DEFAULT_MODEL_DIR, read_card
 from engine.decode import read_image
-from engine.explain import Explainer
-from engine.predictor import Predictor
-from engine.sources import items_from_uploads, iter_inputs
+from engine.inference.explain import Explainer
+from engine.inference.predictor import Predictor
+from engine.inputs.sources import items_from_uploads, iter_inputs
 from helpers import write_tiny_checkpoint
 
 from dashboard import resources
@@ -354,7 +354,7 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     app.text_input(key="review_note").input("no consolidation seen").run()
     decision_button(app, "disagree").click().run()
     assert not app.exception, [e.message for e in app.exception]
-    from engine.store import Store
+    from engine.worklist.store import Store
     rows = list(csv.DictReader(io.StringIO(Store(tmp_path / "store").decisions_csv(None))))
     assert len(rows) == 1
     e = rows[0]
@@ -588,7 +588,7 @@ def test_compare_scores_checkpoints_on_a_labelled_folder(app, tmp_path, monkeypa
 # --------------------------------------------------------------------------- review safety (issue 19)
 
 def _store(tmp_path):
-    from engine.store import Store
+    from engine.worklist.store import Store
     return Store(tmp_path / "store")
 
 
@@ -617,7 +617,7 @@ def test_a_decided_study_changes_only_when_asked_and_keeps_its_history(app, tmp_
 
 
 def test_the_store_refuses_a_second_decision_without_an_explicit_change(tmp_path):
-    from engine.store import DecisionExists
+    from engine.worklist.store import DecisionExists
     store = _store(tmp_path)
     _, wl = store.create_worklist("r")
     sid = store.add_study(wl, "a.jpeg", "a" * 64)

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine import metrics as M
+from engine.evaluation import metrics as M
 from engine.decode import read_image
 from engine.errors import ImageReadError
 from engine.image import PatientIdentifiers, StudyMetadata
-from engine.predictor import Prediction
+from engine.inference.predictor import Prediction
 
 from dashboard import batch as B
-from engine.store import Result, Store, StudyRow
+from engine.worklist.store import Result, Store, StudyRow
 from dashboard import evaluation as E
 from dashboard import figures as F
 from dashboard import imaging, worklist as W
@@ -177,7 +177,7 @@ def test_export_without_identifiers_unless_opted_in():
 
 
 def test_worklist_export_writes_the_clis_results_row():
-    from engine.predict import CSV_COLUMNS, prediction_row
+    from engine.cli.predict import CSV_COLUMNS, prediction_row
     meta = StudyMetadata(format="dicom", modality="CT")
     df = W.build_worklist([study("high.dcm", "2" * 64, "ok", 0.9, warnings=("Modality CT is not a radiograph",),
                                  metadata=meta)])
@@ -344,9 +344,11 @@ def test_window_level_in_the_dicoms_own_units_with_presets_and_invert():
 def test_one_read_and_one_hash_per_file_from_upload_to_score(store, monkeypatch):
     """An upload is read once and hashed once; scoring reads the cached copy once and decodes it once."""
     import hashlib as real_hashlib
-    from engine import ingest as I, predictor as P, store as S
+    from engine.worklist import ingest as I
+    from engine.inference import predictor as P
+    from engine.worklist import store as S
     from engine.decode.pool import DecodePool
-    from engine.predictor import Predictor
+    from engine.inference.predictor import Predictor
     counts = {"upload reads": 0, "hashes": 0, "cache reads": 0, "decodes": 0}
     _, wl = store.create_worklist()                # (its token is hashed too: before counting)
     predictor = Predictor.from_checkpoint()

@@ -42,7 +42,7 @@ def test_torchrun_two_processes(tmp_path):
     assert card["training"]["batch_size"] == 6          # global batch: 3 per rank x 2 ranks
     assert card["name"] == "tiny-ddp"
 
-    from engine.predictor import Predictor
-    from engine.sources import iter_inputs
+    from engine.inference.predictor import Predictor
+    from engine.inputs.sources import iter_inputs
     preds = list(Predictor.from_checkpoint(out / "best").predict_stream(iter_inputs([SAMPLE])))
     assert preds and all(p.ok for p in preds)

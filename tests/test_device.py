@@ -1,9 +1,9 @@
-"""engine.device: the precision policy follows the CPU's abilities and $CXR_PRECISION."""
+"""engine.model.device: the precision policy follows the CPU's abilities and $CXR_PRECISION."""
 
 import pytest
 import torch
 
-from engine.device import cpu_supports_bf16, plain_policy, select_policy
+from engine.model.device import cpu_supports_bf16, plain_policy, select_policy
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="these check the CPU policies")
 

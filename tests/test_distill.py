@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.device import plain_policy
-from engine.predictor import Predictor
-from engine.sources import iter_inputs
+from engine.model.device import plain_policy
+from engine.inference.predictor import Predictor
+from engine.inputs.sources import iter_inputs
 from training import train
 from training.losses import DistillationLoss
 from tests.test_training import SAMPLE, single_thread, tiny_args, train_tiny_run

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import ENSEMBLE, load_checkpoint, read_card
-from engine.explain import Explainer
-from engine.predictor import Predictor
-from engine.sources import iter_inputs
+from engine.model.checkpoint import ENSEMBLE, load_checkpoint, read_card
+from engine.inference.explain import Explainer
+from engine.inference.predictor import Predictor
+from engine.inputs.sources import iter_inputs
 from helpers import JPEGS, write_tiny_checkpoint
 from training.ensemble import build_ensemble
 

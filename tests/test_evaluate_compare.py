@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_training import SAMPLE, read_predictions, single_thread, train_tiny_run  # noqa: E402
 
-from engine import metrics as M  # noqa: E402
+from engine.evaluation import metrics as M  # noqa: E402
 from training import compare, evaluate  # noqa: E402
 
 FIGURES = ("confusion_matrix", "roc", "precision_recall", "calibration")
@@ -111,7 +111,7 @@ def test_metrics_equal_engine_metrics_recomputed_from_predictions(evaluations, w
 
 def test_evaluate_uses_the_products_predictions(evaluations, tmp_path):
     """predictions.csv equals what `python -m engine.predict` writes for the same checkpoint."""
-    from engine import predict
+    from engine.cli import predict
     out, _ = evaluations["e1"]
     csv_path = tmp_path / "product.csv"
     with single_thread():
@@ -213,7 +213,7 @@ def test_compare_names_the_folder_without_metrics(evaluations, tmp_path, capsys)
 
 
 def test_compare_prints_delong_for_evaluations_on_the_same_files(capsys):
-    from engine.paired import paired_tests
+    from engine.evaluation.paired import paired_tests
     from training.compare import cli
     folders = [Path(__file__).resolve().parents[1] / "assets" / "evaluations" / n for n in ("resnet18_cbam", "resnet18")]
     (t,) = paired_tests(folders)
@@ -227,8 +227,8 @@ def test_compare_prints_delong_for_evaluations_on_the_same_files(capsys):
 def test_a_shipped_checkpoint_without_a_run_folder_still_says_it_is_not_held_out(tmp_path):
     """The shipped model has no split.json beside it: its training images' hashes tell instead
     (the bundled sample comes from its training and validation images)."""
-    from engine.checkpoint import DEFAULT_MODEL_DIR
-    from engine.provenance import file_sha256, training_hashes
+    from engine.model.checkpoint import DEFAULT_MODEL_DIR
+    from engine.evaluation.provenance import file_sha256, training_hashes
     seen = training_hashes(DEFAULT_MODEL_DIR)
     files = [p for p in SAMPLE.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png")]
     expected = {side: sum(file_sha256(p) in seen[side] for p in files) for side in ("train", "val")}

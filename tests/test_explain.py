@@ -1,4 +1,4 @@
-"""engine.explain: heatmap shapes and ranges, Grad-CAM on a hand-built model, hooks, threads."""
+"""engine.inference.explain: heatmap shapes and ranges, Grad-CAM on a hand-built model, hooks, threads."""
 
 import threading
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.checkpoint import ModelCard, load_checkpoint
-from engine.explain import METHODS, Explainer
-from engine.preprocess import Preprocessing
+from engine.model.checkpoint import ModelCard, load_checkpoint
+from engine.inference.explain import METHODS, Explainer
+from engine.model.preprocess import Preprocessing
 from helpers import JPEGS, SHIPPED_MODEL, assert_close, module_hooks, resized_samples, tiny_card, tiny_model
 
 
@@ -131,10 +131,10 @@ def test_grad_cam_from_the_last_stage_input_equals_grad_cam_on_the_whole_network
     """The exported graph, and the torch backend's folded network, return layer3's output with each
     prediction; Captum on layer4 and the head alone gives the same maps as on the whole network
     (float32 here: the folded BatchNorm's rounding is all that differs)."""
-    from engine.checkpoint import load_checkpoint
-    from engine.device import plain_policy
-    from engine.predictor import Predictor
-    from engine.sources import iter_inputs
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.device import plain_policy
+    from engine.inference.predictor import Predictor
+    from engine.inputs.sources import iter_inputs
     from helpers import DICOMS, JPEGS, SHIPPED_MODEL
     predictor = (Predictor.from_checkpoint(SHIPPED_MODEL, backend="onnx") if backend == "onnx" else
                  Predictor(*load_checkpoint(SHIPPED_MODEL), plain_policy(), checkpoint=SHIPPED_MODEL))

@@ -1,4 +1,4 @@
-"""engine.heatmap_files: heatmaps of a stream of real predictions, a batch at a time."""
+"""engine.inference.heatmap_files: heatmaps of a stream of real predictions, a batch at a time."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.explain import Explainer
-from engine.heatmap_files import HeatmapFolder, safe_png_name
-from engine.overlay import side_by_side
-from engine.predictor import Predictor
-from engine.sources import iter_inputs
+from engine.inference.explain import Explainer
+from engine.inference.heatmap_files import HeatmapFolder, safe_png_name
+from engine.inference.overlay import side_by_side
+from engine.inference.predictor import Predictor
+from engine.inputs.sources import iter_inputs
 from helpers import NORMAL, PNEUMONIA, SHIPPED_MODEL
 
 

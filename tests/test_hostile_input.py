@@ -21,7 +21,7 @@ import hostile_corpus as hostile
 from engine.decode import read_image
 from engine.decode.pool import DecodePool
 from engine.errors import CorruptImageError, ImageReadError
-from engine.sources import iter_inputs, iter_zip
+from engine.inputs.sources import iter_inputs, iter_zip
 from helpers import JPEGS, NORMAL, PNEUMONIA, ROOT
 
 CRASHED = "the JPEG Lossless decoder (GDCM) crashed on this file (SIGABRT)"

@@ -1,4 +1,4 @@
-"""engine.metrics against values worked out by hand (see the comments), plus statistical checks."""
+"""engine.evaluation.metrics against values worked out by hand (see the comments), plus statistical checks."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from engine import metrics as m
+from engine.evaluation import metrics as m
 
 # Example A: 3 positives, 3 negatives, one tie across the classes at 0.6.
 #   score  0.9 0.8 0.6 0.6 0.3 0.1

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from engine.checkpoint import load_checkpoint
+from engine.model.checkpoint import load_checkpoint
 from engine.decode import read_image
-from engine.ood import FeatureOOD, fit
+from engine.model.ood import FeatureOOD, fit
 from helpers import DICOMS, JPEGS, SHIPPED_MODEL
 from training.ood import features
 
@@ -36,7 +36,7 @@ def test_the_shipped_score_warns_on_the_adult_dicoms_and_not_on_kermany_samples(
 
 
 def test_the_shipped_model_knows_its_training_images_and_an_evaluation_on_them_says_so():
-    from engine.provenance import overlap_warning, training_hashes, file_sha256
+    from engine.evaluation.provenance import overlap_warning, training_hashes, file_sha256
     seen = training_hashes(SHIPPED_MODEL)
     assert (len(seen["train"]), len(seen["val"])) == (4424, 782)        # the card's split counts
     samples = [file_sha256(p) for p in JPEGS]
@@ -49,8 +49,8 @@ def test_the_shipped_model_knows_its_training_images_and_an_evaluation_on_them_s
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_every_backend_carries_the_feature_warning_to_the_prediction(backend):
-    from engine.predictor import Predictor
-    from engine.sources import iter_inputs
+    from engine.inference.predictor import Predictor
+    from engine.inputs.sources import iter_inputs
     predictor = Predictor.from_checkpoint(SHIPPED_MODEL, backend=backend)
     assert predictor.ood is not None
     preds = {p.name: p for p in predictor.predict_stream(iter_inputs([*DICOMS, *JPEGS]))}

@@ -1,10 +1,10 @@
-"""engine.overlay: sizes, exact blending limits, RGB channel order, window/level by hand."""
+"""engine.inference.overlay: sizes, exact blending limits, RGB channel order, window/level by hand."""
 
 import numpy as np
 import pytest
 
 from engine.decode import read_image
-from engine.overlay import colour_scale, COLORMAPS, colorize, overlay_heatmap, side_by_side, to_gray_rgb, window_level
+from engine.inference.overlay import colour_scale, COLORMAPS, colorize, overlay_heatmap, side_by_side, to_gray_rgb, window_level
 from helpers import DICOMS
 
 

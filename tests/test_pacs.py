@@ -28,8 +28,8 @@ import pydicom
 import pytest
 from pydicom import uid
 
-from engine import dicom_out
-from engine.dicom_out import Finding, Review, heatmap_capture, source_header, structured_report
+from engine.pacs import dicom_out
+from engine.pacs.dicom_out import Finding, Review, heatmap_capture, source_header, structured_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DICOMS = sorted((ROOT / "assets" / "sample" / "dicom").glob("*.dcm"))
@@ -171,7 +171,7 @@ def test_dciodvfy_finds_no_error(sources, tmp_path):
 
 
 def test_destinations_parse():
-    from engine.pacs import parse_destination
+    from engine.pacs.send import parse_destination
     d = parse_destination("ORTHANC@127.0.0.1:4242")
     assert (d.kind, d.aet, d.host, d.port) == ("dimse", "ORTHANC", "127.0.0.1", 4242)
     assert parse_destination("http://pacs:8042/dicom-web/").url == "http://pacs:8042/dicom-web"
@@ -273,8 +273,8 @@ def _echo(port: int, calling: str = "PYTEST") -> bool:
 
 
 def _store_rows(store_dir: Path):
-    from engine.ingest import model_key
-    from engine.store import Store
+    from engine.worklist.ingest import model_key
+    from engine.worklist.store import Store
     return Store(store_dir).studies(None, model_key())
 
 
@@ -315,7 +315,7 @@ def test_end_to_end_orthanc_to_receiver_and_results_back(pacs_setup, tmp_path):
     cli = {row["file"]: float(row["probability"]) for row in csv.DictReader((cli_out / "r.csv").open())}
     web = DICOMwebClient(orthanc.dicomweb)
     import highdicom as hd
-    from engine.store import Store
+    from engine.worklist.store import Store
     stored = {str(source_header(Store(store_dir).read_file(r.sha256)).SOPInstanceUID): r.result.probability
               for r in rows}
     for path, header in zip(SAMPLE_DICOMS, headers):
@@ -359,7 +359,7 @@ def test_ct_and_corrupt_files_are_refused_or_reported_and_the_service_stays_up(p
     bad_id = orthanc.upload(dcm.to_bytes(corrupt))["ID"]
     r = orthanc.store_to("triage", [bad_id])
     assert r.ok and r.json()["FailedInstancesCount"] == 0, r.text      # received and kept...
-    from engine.pacs import study_name
+    from engine.pacs.send import study_name
     name = study_name("ORTHANC", corrupt.StudyInstanceUID, corrupt.SOPInstanceUID)
     row = _wait(lambda: next((x for x in _store_rows(store_dir) if x.name == name and x.result is not None), None),
                 120, "the corrupt file's row")
@@ -383,11 +383,11 @@ def test_calling_ae_title_off_the_allow_list_is_rejected(pacs_setup):
 def test_dicomweb_query_pull_and_stow_of_a_reviewed_report(pacs_setup, tmp_path, capsys):
     import highdicom as hd
     from dicomweb_client.api import DICOMwebClient
-    from engine import pacs
-    from engine.dicom_out import ResultWriter
-    from engine.ingest import model_key, score_files
-    from engine.predictor import Predictor
-    from engine.store import Store
+    from engine.pacs import send as pacs
+    from engine.pacs.dicom_out import ResultWriter
+    from engine.worklist.ingest import model_key, score_files
+    from engine.inference.predictor import Predictor
+    from engine.worklist.store import Store
     orthanc = pacs_setup["orthanc"]
     for p in SAMPLE_DICOMS:
         orthanc.upload(p.read_bytes())
@@ -464,8 +464,8 @@ def test_dashboard_pulls_from_the_pacs_and_sends_a_reviewed_study_back(pacs_setu
     at.button(key="review_agree").click().run()
     at.switch_page("views/review.py").run()
     # the agreed study moved on; go back to a reviewed one
-    from engine.ingest import model_key
-    from engine.store import Store
+    from engine.worklist.ingest import model_key
+    from engine.worklist.store import Store
     store = Store(tmp_path / "store")
     reviewed = [r for r in store.studies(None, model_key()) if r.review_status != "unreviewed"]
     assert len(reviewed) == 1

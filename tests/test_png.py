@@ -1,4 +1,4 @@
-"""engine.png: lossless PNGs of real heatmap panels, from fpng and from the OpenCV fallback."""
+"""engine.inference.png: lossless PNGs of real heatmap panels, from fpng and from the OpenCV fallback."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-import engine.png as png
+import engine.inference.png as png
 from engine.decode import read_image
-from engine.overlay import side_by_side
+from engine.inference.overlay import side_by_side
 from helpers import DICOMS, PNEUMONIA
 
 

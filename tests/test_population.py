@@ -4,7 +4,7 @@ import pydicom
 import pytest
 
 from engine.decode import read_image
-from engine.population import AGE_BANDS, age_band, age_in_years, header_warnings
+from engine.model.population import AGE_BANDS, age_band, age_in_years, header_warnings
 from helpers import DICOMS, JPEGS
 
 

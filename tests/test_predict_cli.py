@@ -11,11 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from engine.checkpoint import read_card
+from engine.model.checkpoint import read_card
 from engine.decode import read_image
 from engine.decode.pool import shrink_to
-from engine.limits import DISPLAY_MAX_SIDE
-from engine.predict import IDENTIFIER_COLUMNS, main
+from engine.inputs.limits import DISPLAY_MAX_SIDE
+from engine.cli.predict import IDENTIFIER_COLUMNS, main
 from helpers import DICOMS, NORMAL, PNEUMONIA, SHIPPED_MODEL, tree, zip_bytes
 
 REQUIRED = ["file", "status", "message", "probability", "flagged", "threshold", "model"]

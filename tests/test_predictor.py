@@ -1,4 +1,4 @@
-"""engine.predictor on real files: order, errors, ZIPs, temperature, precision policy, BN folding."""
+"""engine.inference.predictor on real files: order, errors, ZIPs, temperature, precision policy, BN folding."""
 
 import hashlib
 from pathlib import Path
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from torch import nn
 
-from engine.device import plain_policy
-from engine.predictor import Predictor
-from engine.sources import iter_inputs
+from engine.model.device import plain_policy
+from engine.inference.predictor import Predictor
+from engine.inputs.sources import iter_inputs
 from helpers import (DICOMS, JPEGS, NORMAL, PNEUMONIA, SHARED_DATA, SHIPPED_MODEL, assert_close, logit,
                      resized_samples, write_tiny_checkpoint, zip_bytes)
 

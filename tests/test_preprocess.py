@@ -1,4 +1,4 @@
-"""engine.preprocess: the numpy normalisation (torch-free backends) is the torch one."""
+"""engine.model.preprocess: the numpy normalisation (torch-free backends) is the torch one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.preprocess import Preprocessing
+from engine.model.preprocess import Preprocessing
 from helpers import NORMAL, PNEUMONIA, resized_samples
 
 

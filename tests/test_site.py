@@ -6,8 +6,8 @@ import csv
 import numpy as np
 import pytest
 
-from engine import metrics as M
-from engine.site import (MIN_PER_CLASS, ProfileError, fit_profile, labels_from_decisions, list_profiles,
+from engine.evaluation import metrics as M
+from engine.evaluation.site import (MIN_PER_CLASS, ProfileError, fit_profile, labels_from_decisions, list_profiles,
                          load_profile, save_profile)
 
 
@@ -49,7 +49,7 @@ def test_round_trip_survives_a_restart_and_the_cli_uses_it(tmp_path, monkeypatch
     assert [p.name for p in list_profiles()] == ["Clinic A"]
     with pytest.raises(ProfileError, match="no site profile named 'nope'"):
         load_profile("nope")
-    from engine.predict import main
+    from engine.cli.predict import main
     from helpers import JPEGS
     out = tmp_path / "r.csv"
     assert main([str(JPEGS[0]), str(JPEGS[-1]), "--out", str(out), "--profile", "Clinic A", "--quiet"]) == 0
@@ -69,3 +69,19 @@ def test_labels_from_reviewer_decisions():
     ]
     y, s = labels_from_decisions(decisions)
     assert y.tolist() == [1, 0, 0, 1] and s.tolist() == [0.9, 0.8, 0.1, 0.2]
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 7.5, -0.1, "0.5", True], ids=["nan", "7.5", "negative", "text", "bool"])
+def test_a_profile_with_an_impossible_threshold_is_refused_on_load_and_by_the_cli(tmp_path, monkeypatch, threshold):
+    import json
+    monkeypatch.setenv("CXR_PROFILES_DIR", str(tmp_path / "profiles"))
+    y, s = _cases()
+    save_profile(fit_profile("ward", y, s, "youden", model="m", source="test"))
+    path = tmp_path / "profiles" / "ward.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"threshold": threshold}))
+    with pytest.raises(ProfileError, match="threshold must be a number in \\[0, 1\\]"):
+        load_profile("ward")
+    assert list_profiles() == []                                   # skipped in the sidebar's list too
+    from engine.cli.predict import main
+    from helpers import JPEGS
+    assert main([str(JPEGS[0]), "--out", str(tmp_path / "r.csv"), "--profile", "ward", "--quiet"]) == 2

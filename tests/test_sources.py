@@ -1,9 +1,9 @@
-"""engine.sources: folders, ZIP archives read in memory, hostile member names, uploads."""
+"""engine.inputs.sources: folders, ZIP archives read in memory, hostile member names, uploads."""
 
 import os
 
 
-from engine.sources import items_from_uploads, iter_inputs, iter_zip
+from engine.inputs.sources import items_from_uploads, iter_inputs, iter_zip
 from helpers import JPEGS, tree, zip_bytes
 
 

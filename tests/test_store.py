@@ -1,4 +1,4 @@
-"""engine.store: worklists behind secret tokens, studies, results, identifiers apart, decisions, eviction."""
+"""engine.worklist.store: worklists behind secret tokens, studies, results, identifiers apart, decisions, eviction."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from engine.image import PatientIdentifiers, StudyMetadata
-from engine.store import Result, Store, StoreError
+from engine.worklist.store import Result, Store, StoreError
 from helpers import JPEGS
 
 MODEL = "model@1"

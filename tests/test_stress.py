@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import metrics as M
+from engine.evaluation import metrics as M
 from engine.decode import read_image
-from engine.predictor import Predictor
+from engine.inference.predictor import Predictor
 from training import data as ds
 from training import stress
 

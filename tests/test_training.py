@@ -23,9 +23,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.device import plain_policy
-from engine.predictor import Predictor
-from engine.sources import iter_inputs
+from engine.model.device import plain_policy
+from engine.inference.predictor import Predictor
+from engine.inputs.sources import iter_inputs
 from training import data as ds
 from training import train
 

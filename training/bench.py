@@ -5,10 +5,10 @@
 
 Both paths train on the same in-memory decoded images (decoded once, as ``training.train`` does)
 with the same batched augmentation, loss, AdamW, gradient clipping and EMA, starting from the same
-initial weights: the engine's path uses ``engine.device.select_policy()`` (on a CPU with native
+initial weights: the engine's path uses ``engine.model.device.select_policy()`` (on a CPU with native
 bfloat16: bfloat16 autocast + channels_last), the models' training fast paths (CBAM as one autograd
 function, GEMM weight gradients for layer4; ``models.fused``) and the fused AdamW kernel, as
-``training.train`` does; the baseline ``engine.device.plain_policy()`` (float32, eager,
+``training.train`` does; the baseline ``engine.model.device.plain_policy()`` (float32, eager,
 contiguous), every module as written and the default AdamW. Each repeat is one epoch over
 ``--images`` images per path, the two paths alternating so that background load hits both alike; the medians and their ratio are
 printed, after a short untimed warm-up. A benchmark prints figures; it never fails a build (exit
@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _load_images(data_dir: Path, n: int, image_size: int, seed: int):
     """(images (n, S, S), labels (n,), description): decoded once; cycled if the folder is small."""
     import torch
-    from engine.preprocess import Preprocessing
+    from engine.model.preprocess import Preprocessing
     from training import data as ds
     from training.cache import decode_samples
 
@@ -122,7 +122,7 @@ class _Path:
 
 def run(args: argparse.Namespace) -> dict:
     import torch
-    from engine.device import hardware_summary, plain_policy, select_policy
+    from engine.model.device import hardware_summary, plain_policy, select_policy
     from models import build_model
 
     engine_policy, baseline = select_policy(), plain_policy()

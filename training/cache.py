@@ -11,7 +11,7 @@ import torch
 
 from engine.decode import read_image
 from engine.errors import ImageReadError
-from engine.preprocess import Preprocessing
+from engine.model.preprocess import Preprocessing
 from training.data import Sample
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine import metrics
-from engine.checkpoint import CARD_FILE, VAL_PREDICTIONS_FILE
-from engine.predictor import Predictor
+from engine.evaluation import metrics
+from engine.model.checkpoint import CARD_FILE, VAL_PREDICTIONS_FILE
+from engine.inference.predictor import Predictor
 from training.report import write_predictions_csv
 
 

@@ -19,8 +19,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from engine.csvsafe import write_rows
-from engine.paired import paired_tests
+from engine.worklist.csvsafe import write_rows
+from engine.evaluation.paired import paired_tests
 
 CSV_COLUMNS = ("evaluation", "model", "architecture", "version", "training", "cbam", "parameters",
                "split", "n", "n_positive", "n_negative", "auc", "auc_ci_low", "auc_ci_high",

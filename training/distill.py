@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.device import DevicePolicy
-from engine.preprocess import Preprocessing
+from engine.model.checkpoint import CheckpointError, load_checkpoint
+from engine.model.device import DevicePolicy
+from engine.model.preprocess import Preprocessing
 
 
 class Teacher:
@@ -42,7 +42,7 @@ class Teacher:
         return torch.softmax(logits / self.temperature, dim=1)
 
     def describe(self) -> dict:
-        from engine.backends.artefacts import weights_sha256
+        from engine.inference.backends.artefacts import weights_sha256
         members = self.card.extra.get("ensemble", {}).get("members", [])
         return {"teacher": str(self.folder), "teacher_name": self.card.name,
                 "teacher_weights_sha256": weights_sha256(self.folder),

@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from engine.checkpoint import ENSEMBLE, CheckpointError, ModelCard, load_checkpoint, save_checkpoint
-from engine.provenance import HASHES_FILE
+from engine.model.checkpoint import ENSEMBLE, CheckpointError, ModelCard, load_checkpoint, save_checkpoint
+from engine.evaluation.provenance import HASHES_FILE
 
 
 def build_ensemble(members: Sequence[str | Path], out: str | Path, *, name: str = "", half: bool = False) -> Path:
     """Write the ensemble checkpoint of ``members`` into ``out`` (threshold from the first member's card)."""
-    from engine.backends.artefacts import weights_sha256
+    from engine.inference.backends.artefacts import weights_sha256
     from models.ensemble import EnsembleNet
     if len(members) < 2:
         raise CheckpointError("an ensemble needs at least two member checkpoints")
@@ -71,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.data_dir:
-        from engine.checkpoint import read_card
+        from engine.model.checkpoint import read_card
         from training.calibrate import calibrate_checkpoint
         from training.ood import split_from_card
         _, val = split_from_card(read_card(folder).extra.get("training") or {}, args.data_dir)

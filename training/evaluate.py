@@ -5,9 +5,9 @@
 
 ``--data-dir`` is ``SPLIT/CLASS/*`` (choose the split with ``--split``), an unsplit ``CLASS/*``
 folder (NORMAL/, PNEUMONIA/), or a CSV manifest (``path,label[,patient_id]``). Images are scored
-by ``engine.predictor.Predictor`` exactly as the CLI and the dashboard score them. ``--out`` gets:
+by ``engine.inference.predictor.Predictor`` exactly as the CLI and the dashboard score them. ``--out`` gets:
 
-- ``metrics.json``: ``engine.metrics.summarize`` at the card's threshold (or ``--threshold``),
+- ``metrics.json``: ``engine.evaluation.metrics.summarize`` at the card's threshold (or ``--threshold``),
   plus the model, checkpoint, data, counts, unreadable files and, for information only, the
   operating points (Youden, sensitivity >= 0.95, specificity >= 0.90) chosen *on this data*.
   Undefined values (e.g. AUC with one class) are ``null``.
@@ -38,8 +38,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from engine import metrics as M
-from engine.checkpoint import CARD_FILE
+from engine.evaluation import metrics as M
+from engine.model.checkpoint import CARD_FILE
 from engine.errors import CheckpointError
 from training import data as ds
 
@@ -116,7 +116,7 @@ def predict_samples(predictor, samples: Sequence[ds.Sample], names: Sequence[str
                     quiet: bool = False) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Probabilities (NaN where unreadable) in input order, and (file, error) per unreadable file."""
     from tqdm import tqdm
-    from engine.sources import InputItem
+    from engine.inputs.sources import InputItem
 
     items = [InputItem(n, s.path.read_bytes) for s, n in zip(samples, names)]
     probs = np.full(len(items), np.nan)
@@ -179,7 +179,7 @@ def training_overlap(ckpt_dir: Path, samples: Sequence[ds.Sample]) -> Optional[d
             return None
         paths = [str(s.path.resolve()) for s in samples]
         return {side: sum(p in ids for p in paths) for side, ids in sides.items()}
-    from engine.provenance import HASHES_FILE, file_sha256, overlap_counts
+    from engine.evaluation.provenance import HASHES_FILE, file_sha256, overlap_counts
     if not (ckpt_dir / HASHES_FILE).is_file():
         return None
     return overlap_counts(ckpt_dir, (file_sha256(s.path) for s in samples))
@@ -235,8 +235,8 @@ def write_gradcam(out: Path, predictor, samples: Sequence[ds.Sample], names: Seq
     import cv2
     from engine.decode import read_image
     from engine.errors import ImageReadError
-    from engine.overlay import side_by_side
-    from engine.heatmap_files import safe_png_name
+    from engine.inference.overlay import side_by_side
+    from engine.inference.heatmap_files import safe_png_name
     from training import figures as F
 
     picked = pick_gradcam(labels, probs, threshold, k)
@@ -271,7 +271,7 @@ def write_gradcam(out: Path, predictor, samples: Sequence[ds.Sample], names: Seq
 
 def main(args: argparse.Namespace) -> dict:
     """Run the evaluation; return what was written to metrics.json."""
-    from engine.predictor import Predictor
+    from engine.inference.predictor import Predictor
     from training.report import write_predictions_csv
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:

@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from engine import metrics as M
+from engine.evaluation import metrics as M
 
 CLASS_NAMES = ("normal", "pneumonia")
 SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",

@@ -10,8 +10,8 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from engine.device import DevicePolicy
-from engine.preprocess import Preprocessing
+from engine.model.device import DevicePolicy
+from engine.model.preprocess import Preprocessing
 from training.augment import AugmentConfig, augment_batch
 
 

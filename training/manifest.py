@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from training.data import index_folder
 
@@ -29,8 +28,7 @@ RSNA_POLICY = {"lung opacity": "pneumonia", "normal": "normal", "no lung opacity
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "source", "view", "age", "label_origin"]
 
 
-@dataclass(frozen=True)
-class NihLabel:
+class NihLabel(NamedTuple):
     label: Optional[str]   # "normal", "pneumonia" or None (excluded)
     origin: str            # "rsna", "nih" or "excluded:<reason>"
 

@@ -5,7 +5,7 @@
 
 Rebuilds the checkpoint's patient-wise split from its model card (same pooled splits, duplicates
 dropped, validation fraction and seed), extracts the penultimate features of the training and the
-validation images with the checkpoint's own preprocessing, fits :class:`engine.ood.FeatureOOD` (the
+validation images with the checkpoint's own preprocessing, fits :class:`engine.model.ood.FeatureOOD` (the
 cut-off puts ~5% of validation images over it), saves ``ood.safetensors`` beside the weights, and
 reports the share of warnings on the validation images, on each ``--probe`` folder, and on altered
 validation films (rotated 90 degrees, inverted, cropped to a quarter, blank noise), with the CPU model.
@@ -23,12 +23,12 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from engine.checkpoint import load_checkpoint
+from engine.model.checkpoint import load_checkpoint
 from engine.decode import read_image
-from engine.device import hardware_summary
+from engine.model.device import hardware_summary
 from engine.errors import ImageReadError
-from engine.ood import fit
-from engine.preprocess import Preprocessing
+from engine.model.ood import fit
+from engine.model.preprocess import Preprocessing
 from training import data as ds
 
 ALTERATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {

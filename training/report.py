@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from engine.csvsafe import write_rows
+from engine.worklist.csvsafe import write_rows
 
 
 

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 
-from engine import metrics as M
+from engine.evaluation import metrics as M
 from engine.decode import read_image
 from engine.errors import ImageReadError
 from training.evaluate import (EvaluationError, add_data_arguments, display_name, index_eval_data,
@@ -186,7 +186,7 @@ def _chosen(spec: Optional[str]) -> dict[str, Condition]:
 
 
 def main(args: argparse.Namespace) -> list[StressRow]:
-    from engine.predictor import Predictor
+    from engine.inference.predictor import Predictor
 
     conditions = _chosen(args.conditions)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:

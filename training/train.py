@@ -27,11 +27,11 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
-from engine import metrics
-from engine.checkpoint import ModelCard, save_checkpoint
-from engine.provenance import write_training_hashes
-from engine.device import hardware_summary, select_policy
-from engine.preprocess import Preprocessing
+from engine.evaluation import metrics
+from engine.model.checkpoint import ModelCard, save_checkpoint
+from engine.evaluation.provenance import write_training_hashes
+from engine.model.device import hardware_summary, select_policy
+from engine.model.preprocess import Preprocessing
 from models import ARCHITECTURES, build_model
 from models.fused import set_fused_training
 from training import data as ds
@@ -257,7 +257,7 @@ def main(args: argparse.Namespace) -> Path:
     loss_fn = build_loss(args.loss, train_y, args.label_smoothing)
     teacher = None
     if args.distill_from:
-        from engine.checkpoint import CheckpointError
+        from engine.model.checkpoint import CheckpointError
         from training.distill import Teacher
         if not 0.0 <= args.distill_weight <= 1.0:
             raise SystemExit(f"--distill-weight must lie between 0 and 1, got {args.distill_weight}")

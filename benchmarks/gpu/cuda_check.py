@@ -58,7 +58,7 @@ def main() -> None:
             p = torch.cuda.get_device_properties(0)
             print(f"GPU: {torch.cuda.get_device_name(0)}, {p.total_memory / 2**30:.1f} GiB, "
                   f"{p.multi_processor_count} SMs, capability {p.major}.{p.minor}")
-        from engine.device import hardware_summary, select_policy
+        from engine.model.device import hardware_summary, select_policy
         policy = select_policy()
         print("select_policy():", policy.label, "| hardware_summary:", hardware_summary(policy))
         if not cuda or policy.device.type != "cuda":
@@ -83,8 +83,8 @@ def main() -> None:
 
     @step("predict_cuda_vs_cpu")
     def _predict():
-        from engine.device import plain_policy, select_policy
-        from engine.predictor import Predictor
+        from engine.model.device import plain_policy, select_policy
+        from engine.inference.predictor import Predictor
         images = state["images"]
         pol_cuda = select_policy()
         t0 = time.perf_counter()
@@ -124,8 +124,8 @@ def main() -> None:
     @step("predict_items_stream_cuda")
     def _stream():
         # the full engine path (lazy file inputs, decode thread pool, batching) on the CUDA policy
-        from engine.predictor import Predictor
-        from engine.sources import iter_inputs
+        from engine.inference.predictor import Predictor
+        from engine.inputs.sources import iter_inputs
         p = Predictor.from_checkpoint()
         preds = p.predict_items(iter_inputs([ROOT / "assets" / "sample" / "kermany",
                                              ROOT / "assets" / "sample" / "dicom"]))
@@ -139,8 +139,8 @@ def main() -> None:
 
     @step("gradcam_cuda")
     def _gradcam():
-        from engine.checkpoint import load_checkpoint
-        from engine.explain import Explainer
+        from engine.model.checkpoint import load_checkpoint
+        from engine.inference.explain import Explainer
         model, card = load_checkpoint()
         ex = Explainer(model, card)
         resized = [card.preprocessing.resize(im) for im in state["images"]]
@@ -164,7 +164,7 @@ def main() -> None:
     @step("fused_vs_plain_gradients_cuda")
     def _grads():
         # Same function claim on CUDA: one fp16-autocast forward/backward, fused CBAM vs modules.
-        from engine.device import select_policy
+        from engine.model.device import select_policy
         from models import build_model
         from models.fused import set_fused_training
         policy = select_policy()
@@ -197,7 +197,7 @@ def main() -> None:
             # GPU-side throughput of the training step (AMP + GradScaler + EMA + clipping, as
             # training.train), on in-memory batches: no data loading. Fused vs plain kernels.
             from torch.optim.swa_utils import AveragedModel
-            from engine.device import select_policy
+            from engine.model.device import select_policy
             from models import build_model
             from models.fused import set_fused_training
             from training.loop import train_one_epoch

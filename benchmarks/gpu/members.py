@@ -10,7 +10,7 @@ time the run's ``resume.safetensors.json`` changes (that file is written only af
 complete for the epoch). Afterwards each member's checkpoint (the run's own ``best/`` when it ended by
 itself, else the last safe copy) is staged as ``STAGE/seedN/`` with the run's ``metrics.jsonl``,
 ``split.json``, a filtered log and ``run_summary.json``, then loaded with
-``engine.checkpoint.load_checkpoint`` as a check. Exit code 0 whatever happens.
+``engine.model.checkpoint.load_checkpoint`` as a check. Exit code 0 whatever happens.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
               + "\n".join((dst / "train.log").read_text().splitlines()[-40:]), flush=True)
 
     # every staged member must load as an engine checkpoint
-    from engine.checkpoint import load_checkpoint
+    from engine.model.checkpoint import load_checkpoint
     for seed in args.seeds:
         dst = args.stage / f"seed{seed}"
         try:

@@ -4,7 +4,7 @@
 
 Concatenates the parts in order, checks the stream against the sha256 that ``device.log`` printed,
 unpacks, checks every file against its folder's ``SHA256SUMS`` and loads each ``seedN/`` with
-``engine.checkpoint.load_checkpoint`` (cheap: no evaluation). Prints one line per member.
+``engine.model.checkpoint.load_checkpoint`` (cheap: no evaluation). Prints one line per member.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> int:
     tmp.rmdir()
 
     sys.path.insert(0, str(ROOT))
-    from engine.checkpoint import load_checkpoint
+    from engine.model.checkpoint import load_checkpoint
     ok = True
     for folder in sorted(p for p in args.dest.iterdir() if p.is_dir() and p.name.startswith("seed")):
         bad = []

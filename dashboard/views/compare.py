@@ -6,18 +6,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine import metrics as M
+from engine.evaluation import metrics as M
 
 from dashboard import figures, resources, state
 from dashboard.batch import MAX_FILES, score_items
 from dashboard.evaluation import (EvaluationFolderError, LabelledDataError, compare_table, find_evaluation_folders,
                                   labelled_set_from_records)
 from dashboard.model_comparison import ScoredModel, comparison_table, find_checkpoints, paired_auc_tests
-from engine.checkpoint import DEFAULT_MODEL_DIR
-from engine.paths import PathNotAllowed, allowed_roots, confine, confine_any
-from engine.paired import paired_tests
-from engine.provenance import overlap_warning
-from engine.sources import iter_inputs
+from engine.model.checkpoint import DEFAULT_MODEL_DIR
+from engine.inputs.paths import PathNotAllowed, allowed_roots, confine, confine_any
+from engine.evaluation.paired import paired_tests
+from engine.evaluation.provenance import overlap_warning
+from engine.inputs.sources import iter_inputs
 
 
 def _checkpoint_label(path: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.checkpoint import INTENDED_USE
+from engine.model.checkpoint import INTENDED_USE
 
 from dashboard import resources, state
 from dashboard.evaluation import metrics_table

@@ -7,12 +7,12 @@ from typing import Optional
 import numpy as np
 import streamlit as st
 
-from engine import metrics as M
-from engine.csvsafe import frame_csv
-from engine.paths import PathNotAllowed, confine
-from engine.provenance import overlap_warning
-from engine.site import ProfileError, fit_profile, labels_from_decisions, list_profiles, save_profile
-from engine.sources import items_from_uploads, iter_inputs
+from engine.evaluation import metrics as M
+from engine.worklist.csvsafe import frame_csv
+from engine.inputs.paths import PathNotAllowed, confine
+from engine.evaluation.provenance import overlap_warning
+from engine.evaluation.site import ProfileError, fit_profile, labels_from_decisions, list_profiles, save_profile
+from engine.inputs.sources import items_from_uploads, iter_inputs
 
 from engine.errors import ImageReadError
 
@@ -20,7 +20,7 @@ from dashboard import figures, imaging, resources, state
 from dashboard.batch import MAX_FILES, score_items
 from dashboard.evaluation import (LabelledDataError, LabelledSet, labelled_set_from_records, metrics_table,
                                   per_file, subgroup_metrics, subgroups_of)
-from engine.ingest import cached_item
+from engine.worklist.ingest import cached_item
 
 SOURCES = ("Model's validation predictions", "Predictions CSV", "Images in class folders",
            "Your reviewed studies")

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 
 import pandas as pd
 import streamlit as st
 
 from engine.errors import ImageReadError
-from engine.explain import METHODS
-from engine.overlay import COLORMAPS, colour_scale
-from engine.store import DecisionExists, StoreError
-from engine import metrics as M
+from engine.inference.explain import METHODS
+from engine.inference.overlay import COLORMAPS, colour_scale
+from engine.worklist.store import DecisionExists, StoreError
+from engine.evaluation import metrics as M
 
 from dashboard import figures, imaging, pacs_panel, resources, state
 from dashboard.review_queue import ReviewQueue
+from engine.settings import settings
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM",
                 "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion"}
@@ -329,7 +329,7 @@ def _window_controls(imgs, sha: str):
 
 def _export_section(store) -> None:
     """Decisions as CSV: this worklist's (the reviewer's own), or everyone's where the deployment allows."""
-    everyone = os.environ.get("CXR_SHARED_REVIEW_EXPORT") == "1"
+    everyone = settings().shared_review_export
     data = store.decisions_csv(None if everyone else state.worklist())
     st.download_button("Download " + ("everyone's decisions" if everyone else "your decisions") + " (CSV)",
                        data=data, file_name="review_decisions.csv", mime="text/csv", icon=":material/download:",

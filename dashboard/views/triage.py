@@ -79,25 +79,17 @@ def _release_freed_memory() -> None:
         pass
 
 
-def render() -> None:
-    if st.session_state.pop(state.TRIM_PENDING, False):
-        # Streamlit drops the emptied uploader's files when this run ends: trim a moment after.
-        threading.Timer(3.0, _release_freed_memory).start()
-    ref = state.model_ref()
-    pred = resources.predictor(ref)
-    thr = state.threshold()
-    store = resources.store()
-    wl = state.worklist()
-    model_label = f"{pred.card.name} {pred.card.version}".strip()
-    st.title("Triage")
-    files = st.file_uploader(
-        "Chest radiographs: DICOM (.dcm or no extension), JPEG, PNG, or ZIP archives of them",
+def _uploader():
+    return st.file_uploader(
+        "Chest radiographs: DICOM (.dcm or no extension), JPEG, PNG, or ZIP archives of them "
+        f"(up to {fmt_mb(MAX_FILE_BYTES)} per image, {fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP)",
         accept_multiple_files=True, key=state.uploader_key(),
-        help=f"Up to {MAX_FILES:,} studies per worklist, {fmt_mb(MAX_FILE_BYTES)} per image, "
-             f"{fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP. The content decides the format, not the extension. "
+        help=f"Up to {MAX_FILES:,} studies per worklist. The content decides the format, not the extension. "
              "Files go to the worklist store and the uploader empties.")
 
-    pacs_panel.pacs_source(store)
+
+def _ingest_and_score(store, wl, files, pred, ref) -> None:
+    """New uploads into the store, then every unscored study scored (with a progress bar)."""
     bar = st.empty()
 
     def progress(done: int, total) -> None:
@@ -111,37 +103,60 @@ def render() -> None:
     if files:
         st.session_state[state.TRIM_PENDING] = True     # the next run, once Streamlit dropped the upload
         st.rerun()
+
+
+def _eviction_notice(store, thr: float, ref) -> None:
     eviction = store.evict(protect_threshold=thr, model_key=ref.key)
     if eviction.over_limit:
         st.warning(f"The worklist store is over its size limit ({fmt_mb(eviction.used_bytes)} of "
                    f"{fmt_mb(eviction.max_bytes)}): {eviction.blocked_by_unreviewed} flagged studies are not yet "
-                   "reviewed, and their files are kept until they are. Review them, or raise CXR_STORE_MAX_MB.")
-    pacs_panel.inbox_watch(store, wl)
-    _undo_banner(store, wl)
-    batch = resources.worklist_batch(state.worklist(), ref.key)
-    if batch is None:
-        st.info("Upload files to build a worklist. Each file is scored once; moving the threshold "
-                "only re-flags. The worklist is kept (on this server) for this page's link.")
-        return
-    df = batch.worklist
+                   "reviewed, and their files are kept until they are. Review them, or ask your administrator "
+                   "to raise the store's size limit.")
+
+
+def _summary(df, thr: float, store, wl, model_label: str) -> None:
+    """The header line with Clear, the four counts, and the refusal notice."""
     h1, h2 = st.columns([4, 1], vertical_alignment="center")
     h1.caption(f"{len(df):,} studies in your worklist, kept on this server for this page's link (a reload "
                "or a restart keeps them). Scored by " + model_label + ".")
     _clear_controls(store, wl, len(df), h2)
-
     c = worklist.counts(df, thr)
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Flagged", f"{c.flagged:,}", help=f"probability ≥ {thr:.3f}")
     m2.metric("Not flagged", f"{c.not_flagged:,}")
     m3.metric("Unreadable", f"{c.unreadable:,}", help="could not be read, or refused by a limit")
     m4.metric("Files", f"{c.total:,}")
-
     refused = df["status"].eq("refused").sum()
     if refused:
         st.warning(f"{refused} file(s) refused by a limit ({MAX_FILES:,} images per batch, "
                    f"{fmt_mb(MAX_FILE_BYTES)} per image, {fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP); "
                    "they are listed with the reason.")
 
+
+def _column_config(thr: float) -> dict:
+    return {
+        "thumbnail": st.column_config.ImageColumn("", width="small"),
+        "file": st.column_config.TextColumn("File", width="medium"),
+        "probability": st.column_config.ProgressColumn(
+            "P(pneumonia)", min_value=0.0, max_value=1.0, format="%.3f", width="medium"),
+        "flag": st.column_config.TextColumn(f"At {thr:.3f}"),
+        "warn": st.column_config.TextColumn("⚠", width="small",
+                                            help="A warning: outside the training population, or the image looks "
+                                                 "unlike a frontal chest radiograph (read the Warnings column)"),
+        "review": st.column_config.TextColumn("Review", width="small"),
+        "audit": st.column_config.TextColumn("Audit", width="small",
+                                             help="Not flagged, drawn at random into the audit sample: please "
+                                                  "review it (it measures what the model misses)"),
+        "study_date": st.column_config.TextColumn("Study date", width="small"),
+        "age_band": st.column_config.TextColumn("Age", width="small"),
+        "modality": "Modality", "view_position": "View",
+        "warnings": st.column_config.TextColumn("Warnings", width="large"),
+        "reason": st.column_config.TextColumn("Unreadable because", width="medium"),
+    }
+
+
+def _worklist_table(df, thr: float) -> None:
+    """The worklist grid; selecting a row opens that study in Review."""
     f1, f2, f3 = st.columns([3, 1, 1])
     show = f1.radio("Show", worklist.VIEWS, horizontal=True, key="wl_view", persist_state="session")
     studies = f2.toggle("One row per study", value=True, key="wl_studies", persist_state="session",
@@ -150,45 +165,37 @@ def render() -> None:
     thumbs = f3.toggle("Thumbnails", value=True, key="wl_thumbs", persist_state="session")
     table = worklist.view(df, thr, show, thumbs, studies)
     st.caption("Select a row to open the study in Review.")
-    event = st.dataframe(
-        table, hide_index=True, key="worklist_table", on_select="rerun", selection_mode="single-row",
-        column_order=[c for c in table.columns if c != "sha256"],
-        column_config={
-            "thumbnail": st.column_config.ImageColumn("", width="small"),
-            "file": st.column_config.TextColumn("File", width="medium"),
-            "probability": st.column_config.ProgressColumn(
-                "P(pneumonia)", min_value=0.0, max_value=1.0, format="%.3f", width="medium"),
-            "flag": st.column_config.TextColumn(f"At {thr:.3f}"),
-            "review": st.column_config.TextColumn("Review", width="small"),
-            "study_date": st.column_config.TextColumn("Study date", width="small"),
-            "age_band": st.column_config.TextColumn("Age", width="small"),
-            "modality": "Modality", "view_position": "View",
-            "warnings": st.column_config.TextColumn("Warnings", width="medium"),
-            "reason": st.column_config.TextColumn("Unreadable because", width="medium"),
-        })
-
+    event = st.dataframe(table, hide_index=True, key="worklist_table", on_select="rerun",
+                         selection_mode="single-row", column_order=[c for c in table.columns if c != "sha256"],
+                         column_config=_column_config(thr))
     rows = list(event.selection.rows) if event is not None else []
     readable = worklist.readable_shas(df)
-    if st.session_state.get(state.OPEN_STUDY) not in readable:
-        st.session_state.pop(state.OPEN_STUDY, None)
     if rows != st.session_state.get(state.WORKLIST_ROWS):     # a newly selected row picks the study
         st.session_state[state.WORKLIST_ROWS] = rows
         if rows and rows[0] < len(table) and table.iloc[rows[0]]["sha256"] in readable:
             _open_in_review(table.iloc[rows[0]]["sha256"])      # one click opens the study
-    names = {sha: name for sha, name in zip(df["sha256"], df["file"]) if sha}
-    if readable:
-        o1, o2 = st.columns([3, 1], vertical_alignment="bottom")
-        pick = o1.selectbox("Open a study in Review (or select a row above)", readable, key=state.OPEN_STUDY,
-                            format_func=lambda s: names.get(s, s[:12]))
-        if o2.button("Open in Review", type="primary", icon=":material/visibility:", key="open_review"):
-            _open_in_review(pick)
 
+
+def _open_controls(df) -> None:
+    readable = worklist.readable_shas(df)
+    if st.session_state.get(state.OPEN_STUDY) not in readable:
+        st.session_state.pop(state.OPEN_STUDY, None)
+    if not readable:
+        return
+    names = {sha: name for sha, name in zip(df["sha256"], df["file"]) if sha}
+    o1, o2 = st.columns([3, 1], vertical_alignment="bottom")
+    pick = o1.selectbox("Open a study in Review (or select a row above)", readable, key=state.OPEN_STUDY,
+                        format_func=lambda s: names.get(s, s[:12]))
+    if o2.button("Open in Review", type="primary", icon=":material/visibility:", key="open_review"):
+        _open_in_review(pick)
+
+
+def _unreadable_and_export(df, thr: float, store, model_label: str) -> None:
     bad = worklist.unreadable(df)
     if len(bad):
         with st.expander(f"{len(bad)} file(s) could not be scored", expanded=len(bad) <= 20):
             st.dataframe(bad, hide_index=True, column_config={
                 "file": "File", "status": "Status", "reason": st.column_config.TextColumn("Reason", width="large")})
-
     e1, e2 = st.columns([2, 1], vertical_alignment="bottom")
     with_ids = e1.checkbox("Include patient identifiers in the CSV (names, IDs, birth dates)",
                            key="export_ids", value=False,
@@ -196,9 +203,38 @@ def render() -> None:
     e2.download_button(
         "Download worklist CSV", icon=":material/download:", key="export_csv",
         data=lambda: worklist.export_csv(worklist.with_identifiers(df, store.identifiers) if with_ids else df,
-                                         thr, model_label, with_ids),
+                                         thr, model_label, with_ids, state.operating_point_label()),
         file_name="worklist_with_identifiers.csv" if with_ids else "worklist.csv", mime="text/csv",
         on_click="ignore")
+
+
+def render() -> None:
+    if st.session_state.pop(state.TRIM_PENDING, False):
+        # Streamlit drops the emptied uploader's files when this run ends: trim a moment after.
+        threading.Timer(3.0, _release_freed_memory).start()
+    ref = state.model_ref()
+    pred = resources.predictor(ref)
+    thr = state.threshold()
+    store = resources.store()
+    wl = state.worklist()
+    model_label = f"{pred.card.name} {pred.card.version}".strip()
+    st.title("Triage")
+    files = _uploader()
+    pacs_panel.pacs_source(store)
+    _ingest_and_score(store, wl, files, pred, ref)
+    _eviction_notice(store, thr, ref)
+    pacs_panel.inbox_watch(store, wl)
+    _undo_banner(store, wl)
+    batch = resources.worklist_batch(state.worklist(), ref.key)
+    if batch is None:
+        st.info("Upload files to build a worklist. Each file is scored once; moving the threshold "
+                "only re-flags. The worklist is kept (on this server) for this page's link.")
+        return
+    df = batch.worklist
+    _summary(df, thr, store, wl, model_label)
+    _worklist_table(df, thr)
+    _open_controls(df)
+    _unreadable_and_export(df, thr, store, model_label)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def read_bytes(source: Source, name: Optional[str] = None) -> tuple[bytes, str]:
     """Return the file's bytes and the name used in messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), name or "<bytes>"
-    from engine.sources import read_file       # one reader (and one size limit) for every file
+    from engine.inputs.sources import read_file       # one reader (and one size limit) for every file
     path = Path(source)
     label = name or str(path)
     return read_file(path, label), label

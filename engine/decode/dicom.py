@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -31,15 +30,16 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.processing import apply_windowing
 
-from engine import limits
+from engine.inputs import limits
 from engine.decode import native
 from engine.decode.integrity import check_jpeg_dct, flat_tail_warning
 from engine.decode.sniff import check_declared_size, j2k_declared_size, parse_jpeg_header
 from engine.decode.vocabulary import defined_term
-from engine.population import age_band, age_in_years, header_warnings
+from engine.model.population import age_band, age_in_years, header_warnings
 from engine.errors import (CorruptImageError, ImageReadError, ImageTooLargeError, MissingPixelDataError,
                            UnsupportedFormatError)
 from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
+from engine.settings import settings
 
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
 CHEST_WORDS = ("CHEST", "THORAX", "THORAC", "TORAX", "TÓRAX", "LUNG", "PECHO", "POUMON", "BRUST")
@@ -90,7 +90,7 @@ _PLUGIN_LABELS = {"pillow": "Pillow", "gdcm": "GDCM", "pyjpegls": "CharLS", "pyd
                   "pylibjpeg": "pylibjpeg"}
 # Set only by the isolation tests, to prove that a decoder which really aborts costs one file:
 # skips the header-against-stream checks that would otherwise refuse such a file first.
-_SKIP_STREAM_CHECKS = os.environ.get("CXR_UNSAFE_SKIP_STREAM_CHECKS") == "1"
+_SKIP_STREAM_CHECKS = settings().unsafe_skip_stream_checks
 # Not decoding failures: never turned into an ImageReadError.
 FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)
 _CAUTION = "the model was trained on chest radiographs; treat the probability with caution"

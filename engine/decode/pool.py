@@ -40,9 +40,10 @@ from typing import Optional
 
 import numpy as np
 
-from engine import limits
+from engine.inputs import limits
 from engine.errors import CorruptImageError
 from engine.image import DecodedImage
+from engine.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def shrink_to(pixels: np.ndarray, max_side: int) -> np.ndarray:
 def decode_study(data: bytes, name: str, image_size: Optional[int], display_max_side: int) -> DecodedStudy:
     """Decode in this process (what a worker runs): network input and display copy, pixels dropped."""
     from engine.decode import read_image
-    from engine.preprocess import Preprocessing
+    from engine.model.preprocess import Preprocessing
     image = read_image(data, name)
     model_input = Preprocessing(image_size=image_size).resize(image.pixels) if image_size else None
     display = shrink_to(image.pixels, display_max_side) if display_max_side > 0 else np.empty((0, 0), np.float32)
@@ -260,7 +261,7 @@ def default_pool() -> DecodePool:
     global _default
     with _default_lock:
         if _default is None:
-            workers = int(os.environ.get("CXR_DECODE_WORKERS", "") or 2)
+            workers = settings().decode_workers
             _default = DecodePool(workers)
             atexit.register(_default.close)
         return _default

@@ -14,7 +14,7 @@ from typing import Optional
 
 from engine.errors import CorruptImageError, ImageTooLargeError
 
-from engine.limits import MAX_PIXELS, MAX_SIDE  # declared sizes beyond these are refused before decoding
+from engine.inputs.limits import MAX_PIXELS, MAX_SIDE  # declared sizes beyond these are refused before decoding
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

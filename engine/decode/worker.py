@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from multiprocessing.connection import Connection
 
-from engine import limits
+from engine.inputs import limits
 from engine.errors import ImageReadError
 
 _DECODER_MODULES = ("gdcm", "openjpeg", "rle", "jpeg_ls", "simplejpeg", "PIL.Image", "PIL.JpegImagePlugin",
@@ -28,7 +28,7 @@ def preload_decoders() -> None:
     """Import every decoder before the memory cap, so that a cap never looks like a missing plugin."""
     import importlib
     import engine.decode.dicom  # noqa: F401  (pydicom)
-    import engine.preprocess    # noqa: F401
+    import engine.model.preprocess    # noqa: F401
     for module in _DECODER_MODULES:
         try:
             importlib.import_module(module)

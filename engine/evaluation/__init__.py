@@ -1,0 +1,1 @@
+"""Evaluation: metrics, operating points, paired tests, site profiles, training-set overlap."""

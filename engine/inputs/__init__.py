@@ -1,0 +1,1 @@
+"""Inputs: files, folders, ZIPs and uploads as named inputs; paths confined to allowed roots; limits."""

@@ -1,0 +1,1 @@
+"""The worklist: the store (SQLite + content-addressed file cache), ingest, the one results row."""
