@@ -46,14 +46,17 @@ def _score_checkpoints() -> None:
             st.error(str(exc))
             return
         scored = []
-        bar = st.progress(0.0, text="Scoring…")
+        bar = st.progress(0.0, text=f"Model 1 of {len(chosen)}: loading…")
         for i, path in enumerate(chosen):
+            step = f"Model {i + 1} of {len(chosen)} ({_checkpoint_label(path)})"
+            bar.progress(i / len(chosen), text=f"{step}: loading the model…")
             ref = resources.model_ref(path)
             pred = resources.predictor(ref)
+            bar.progress(i / len(chosen), text=f"{step}: reading the images…")
             records = score_items(iter_inputs([root]), pred, ref.key, resources.store(), max_files=MAX_FILES,
-                                  progress=lambda d, t, i=i: bar.progress(
+                                  progress=lambda d, t, i=i, step=step: bar.progress(
                                       (i + d / max(t or d, 1)) / len(chosen),
-                                      text=f"{_checkpoint_label(path)}: {d:,} of {t:,}"))
+                                      text=f"{step}: scored {d:,} of {t:,} images"))
             try:
                 ls = labelled_set_from_records(records, folder, pred.card.class_names)
             except LabelledDataError as exc:
