@@ -8,7 +8,7 @@ times, each from the key press (or click) to the moment the browser shows the re
 
 * ``open``: a worklist row's "Open in Review" to the study drawn (radiograph and heatmap images shown);
 * ``A/D``: a decision key to the next study's name and its Agree button drawn;
-* ``N/P``: next / previous to the other study's name drawn;
+* ``N``: next flagged study to its name drawn (P is the same rerun, backwards);
 * ``performance``: the Performance page to its first chart drawn (the shipped validation set).
 
 Prints the median and range of each with the CPU model and flags; targets (issue 19): A/D and N/P under
@@ -97,11 +97,16 @@ def main(argv=None) -> int:
                 page.evaluate("document.activeElement && document.activeElement.blur()")
                 for i in range(args.rounds):
                     before = shown(page)
+                    print(f"round {i + 1}: on {before}", flush=True)
                     page.keyboard.press("a" if i % 2 == 0 else "d")
-                    times["A/D"].append(until_new_study(page, before))
+                    try:
+                        times["A/D"].append(until_new_study(page, before))
+                    except Exception:
+                        page.screenshot(path="/tmp/t/pace_fail.png")
+                        raise
                     wait_idle(page, 60_000)
                     before = shown(page)
-                    page.keyboard.press("n" if i % 2 == 0 else "p")
+                    page.keyboard.press("n")          # forward: the next flagged study is still undecided
                     times["N/P"].append(until_new_study(page, before))
                     wait_idle(page, 60_000)
                 for _ in range(max(1, args.rounds // 2)):

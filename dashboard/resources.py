@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -74,6 +75,29 @@ def _load_explainer(path: str, fingerprint: str):
 
 def explainer(ref: ModelRef):
     return _load_explainer(ref.path, ref.fingerprint)
+
+
+_warming: set[str] = set()
+_warming_lock = threading.Lock()
+
+
+def warm_explainer(ref: ModelRef) -> None:
+    """Load Grad-CAM (torch and Captum) in a background thread, once per model and process, so that the
+    first study opened in Review does not wait for it (about 8 s on a 2-core CPU). A page that needs it
+    before it is ready waits on the same cache entry, never loads it twice."""
+    with _warming_lock:
+        if ref.key in _warming:
+            return
+        _warming.add(ref.key)
+
+    def load() -> None:
+        try:
+            _load_explainer(ref.path, ref.fingerprint)
+        except Exception:                    # noqa: BLE001 - the page that needs it reports the error
+            with _warming_lock:
+                _warming.discard(ref.key)
+
+    threading.Thread(target=load, name="warm-grad-cam", daemon=True).start()
 
 
 @st.cache_resource(show_spinner=False)

@@ -81,6 +81,7 @@ def render() -> resources.ModelRef:
         st.info(NOTICE, icon=":material/info:")
         ref = _model_section()
         st.session_state[state.MODEL_REF] = ref
+        resources.warm_explainer(ref)      # Review's first heatmap then does not wait for torch
         _threshold_section(ref)
         _reviewer_section()
     return ref

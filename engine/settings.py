@@ -81,6 +81,10 @@ class Settings:
     pacs_aet: str = field(default="TRIAGE", metadata=_meta("CXR_PACS_AET", "our AE title for C-STORE"))
     inbox_poll_s: float = field(default=5.0, metadata=_meta(
         "CXR_INBOX_POLL_S", "how often Triage looks for received studies, s (0: off)", "float", 0))
+    # --- monitoring
+    audit_share: float = field(default=0.05, metadata=_meta(
+        "CXR_AUDIT_SHARE", "share of unflagged studies drawn into the audit sample (a new period)", "float", 0.0001))
+    audit_seed: int = field(default=0, metadata=_meta("CXR_AUDIT_SEED", "seed of the audit draw (a new period)", "int", 0))
     # --- dashboard
     shared_review_export: bool = field(default=False, metadata=_meta(
         "CXR_SHARED_REVIEW_EXPORT", "1: Review exports every worklist's decisions, not only the reader's", "bool"))

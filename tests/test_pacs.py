@@ -461,7 +461,8 @@ def test_dashboard_pulls_from_the_pacs_and_sends_a_reviewed_study_back(pacs_setu
     at.switch_page("views/review.py").run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.button(key="send_pacs").disabled                      # not reviewed yet
-    at.button(key="review_agree").click().run()
+    at.text_input(key="review_reviewer").input("Dr A. Reader").run()    # asked before the first decision
+    next(b for b in at.button if b.key and b.key.startswith("review_agree_")).click().run()
     at.switch_page("views/review.py").run()
     # the agreed study moved on; go back to a reviewed one
     from engine.worklist.ingest import model_key

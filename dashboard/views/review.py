@@ -118,7 +118,7 @@ def _decision_bar(rec, model_label: str, thr: float, queue: ReviewQueue) -> None
     earlier = resources.store().decisions(rec.id)
     changing = bool(st.session_state.get(_change_key(rec.id)))
     can_decide = _reviewer_prompt()
-    b1, b2, b3, b4 = st.columns([2, 2, 3, 5], vertical_alignment="center")
+    b1, b2, b3, b4 = st.columns([2, 3, 3, 4], vertical_alignment="center")
     if earlier and not changing:
         last = earlier[-1]
         b1.markdown(f"**{'Agreed' if last['decision'] == 'agree' else 'Disagreed'}**")

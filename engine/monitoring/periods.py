@@ -11,11 +11,11 @@ checked against the audit sample. The audit share and seed are the period's
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from engine.settings import settings
 from engine.errors import StoreError
 from engine.model.checkpoint import read_card
 from engine.monitoring import tables
@@ -23,7 +23,6 @@ from engine.worklist.ingest import checkpoint_fingerprint
 from engine.worklist.store import Store
 
 DEFAULT_AUDIT_SHARE = 0.05
-AUDIT_SHARE_ENV, AUDIT_SEED_ENV = "CXR_AUDIT_SHARE", "CXR_AUDIT_SEED"
 _COLUMNS = ("id", "started", "model_key", "model_label", "threshold", "reason", "audit_share", "audit_seed",
             "reference_from", "reference_to")
 
@@ -76,19 +75,13 @@ class Period:
 
 
 def default_audit_share() -> float:
-    """``$CXR_AUDIT_SHARE`` when it is a share in (0, 1], else 0.05."""
-    try:
-        share = float(os.environ.get(AUDIT_SHARE_ENV, ""))
-    except ValueError:
-        return DEFAULT_AUDIT_SHARE
+    """``CXR_AUDIT_SHARE`` (engine.settings) when it is a share in (0, 1], else 0.05."""
+    share = settings().audit_share
     return share if 0.0 < share <= 1.0 else DEFAULT_AUDIT_SHARE
 
 
 def default_audit_seed() -> int:
-    try:
-        return int(os.environ.get(AUDIT_SEED_ENV, "0"))
-    except ValueError:
-        return 0
+    return settings().audit_seed
 
 
 def current(store: Store) -> Optional[Period]:
