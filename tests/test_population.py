@@ -28,15 +28,35 @@ def test_bands_and_warnings():
     assert "a lateral view (LL)" in lateral
 
 
-def test_the_real_adult_dicoms_warn_and_a_kermany_jpeg_does_not():
+def test_the_age_warning_follows_the_models_population_on_real_adult_dicoms(tmp_path):
+    """The decoder gives the age band; the predictor warns when the card's population leaves it out."""
+    import json
+    from engine.inference.predictor import Predictor
+    from engine.inputs.sources import iter_inputs
+    from engine.model.checkpoint import CARD_FILE
+    from helpers import write_tiny_checkpoint
     for path in DICOMS:
         image = read_image(path)
         assert image.metadata.age_band == "adult (18 or older)"
-        assert any("outside the training population: the patient is an adult" in w for w in image.warnings)
-        ds = pydicom.dcmread(path)
-        born = str(ds.get("PatientBirthDate") or "")
-        assert not born or all(born not in w for w in image.warnings)     # no birth date, no exact age
-    assert not read_image(JPEGS[0]).warnings
+        assert not any("the patient is" in w for w in image.warnings)          # not the decoder's call
+    children = write_tiny_checkpoint(tmp_path / "children")                  # a card without a population
+    adults = write_tiny_checkpoint(tmp_path / "adults")
+    card = json.loads((adults / CARD_FILE).read_text())
+    card["population"] = {"age_bands": list(AGE_BANDS[1:]), "description": "children and adults"}
+    (adults / CARD_FILE).write_text(json.dumps(card))
+    for folder, warns in ((children, True), (adults, False)):
+        preds = Predictor.from_checkpoint(folder, backend="torch").predict_items(iter_inputs([*DICOMS, JPEGS[0]]))
+        for p in preds[:-1]:
+            assert any("outside the training population: the patient is an adult" in w for w in p.warnings) == warns
+            born = str(pydicom.dcmread(DICOMS[0]).get("PatientBirthDate") or "")
+            assert not born or all(born not in w for w in p.warnings)   # no birth date, no exact age
+        assert not any("the patient is" in w for w in preds[-1].warnings)     # a JPEG has no age
+
+
+def test_a_population_naming_an_unknown_band_is_refused():
+    from engine.model.population import Population
+    with pytest.raises(ValueError, match="population.age_bands"):
+        Population.from_card_extra({"population": {"age_bands": ["teenagers"]}})
 
 
 def test_a_child_in_the_training_age_range_does_not_warn(dcm, xray):

@@ -151,7 +151,9 @@ def _decode(ds: Dataset, name: str, identifiers: PatientIdentifiers) -> DecodedI
                                        f"{limits.MAX_PIXELS // 1_000_000}-megapixel limit")
     band = age_band(age_in_years(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"), _text(ds, "StudyDate")))
     view = defined_term("ViewPosition", _text(ds, "ViewPosition"))
-    warnings = _content_warnings(ds) + header_warnings(band, view)
+    # The age is checked against the model's population by the predictor (engine.model.population), which
+    # knows the card; the decoder warns about what is true of any model: the view.
+    warnings = _content_warnings(ds) + header_warnings(None, view)
     if frames > 1:
         warnings.append(f"multi-frame DICOM ({frames} frames): only the first frame was read")
     pixels, values = _to_gray(arr, ds, decoded_photometric or photometric, name, warnings)

@@ -362,6 +362,9 @@ class Predictor:
         img = d.image
         kept = img.pixels.size > 0
         warnings = img.warnings
+        age = self.card.population.age_warning(img.metadata.age_band)
+        if age:
+            warnings = (age,) + warnings
         note = self.ood.warning(float(distance)) if distance is not None and self.ood is not None else None
         if note:
             warnings = warnings + (note,)

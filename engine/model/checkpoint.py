@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from engine.errors import CheckpointError
 from engine.model.preprocess import Preprocessing
 from engine.model.operating_point import OperatingPoint, population_points
+from engine.model.population import Population
 from engine.settings import settings
 
 if TYPE_CHECKING:   # torch, safetensors and the models load only to read or write weights
@@ -62,6 +63,12 @@ class ModelCard:
         if len(self.class_names) < 2:
             raise ValueError(f"need at least 2 class names, got {self.class_names}")
         population_points(self.extra)          # each per-population point checked like the threshold
+        Population.from_card_extra(self.extra)
+
+    @property
+    def population(self) -> Population:
+        """Whom the model was trained on (``engine.model.population``): the age warnings follow it."""
+        return Population.from_card_extra(self.extra)
 
     @property
     def operating_points(self) -> dict[str, OperatingPoint]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Optional
+from dataclasses import dataclass
+from typing import Mapping, Optional
 
 TRAINING_POPULATION = "frontal chest radiographs of children aged about 1 to 5 (Kermany et al., 2018)"
 AGE_BANDS = ("under 1 year", "1-5 years", "6-17 years", "adult (18 or older)")
@@ -47,12 +48,43 @@ def age_band(years: Optional[float]) -> Optional[str]:
     return AGE_BANDS[3]
 
 
-def header_warnings(band: Optional[str], view_position: Optional[str]) -> list[str]:
-    """Out-of-population warnings from the age band and the view."""
+@dataclass(frozen=True)
+class Population:
+    """Whom a model was trained on, as its card says (``"population": {"age_bands": [...],
+    "description": "..."}``); a card without it is the first models' population, children aged 1 to 5."""
+
+    age_bands: tuple[str, ...] = (IN_POPULATION_BAND,)
+    description: str = TRAINING_POPULATION
+
+    @classmethod
+    def from_card_extra(cls, extra: Mapping) -> "Population":
+        spec = extra.get("population")
+        if spec is None:
+            return cls()
+        if not isinstance(spec, Mapping):
+            raise ValueError("population must be an object with age_bands")
+        bands = tuple(spec.get("age_bands") or ())
+        unknown = [b for b in bands if b not in AGE_BANDS]
+        if not bands or unknown:
+            raise ValueError(f"population.age_bands must name bands among {AGE_BANDS}, got {list(bands)}")
+        return cls(bands, str(spec.get("description") or TRAINING_POPULATION))
+
+    def age_warning(self, band: Optional[str]) -> Optional[str]:
+        """The warning for a patient outside these age bands (None inside them, or when the age is unknown)."""
+        if band is None or band in self.age_bands:
+            return None
+        return (f"outside the training population: the patient is {'an ' if band.startswith('adult') else 'aged '}"
+                f"{band}; the model was trained on {self.description}")
+
+
+def header_warnings(band: Optional[str], view_position: Optional[str],
+                    population: Optional[Population] = None) -> list[str]:
+    """Out-of-population warnings from the age band (against ``population``, the first models' by default)
+    and the view."""
     out = []
-    if band is not None and band != IN_POPULATION_BAND:
-        out.append(f"outside the training population: the patient is {'an ' if band.startswith('adult') else 'aged '}"
-                   f"{band}; the model was trained on {TRAINING_POPULATION}")
+    age = (population or Population()).age_warning(band)
+    if age:
+        out.append(age)
     if view_position and view_position.upper() in LATERAL_VIEWS:
         out.append(f"outside the training population: a lateral view ({view_position.upper()}); the model was "
                    f"trained on {TRAINING_POPULATION}")
