@@ -30,12 +30,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && \
 	  $(SUDO) apt-get install -y --no-install-recommends chromium fonts-liberation; }
 
-# Debian's Orthanc with its DICOMweb plugin (a real PACS for tests/test_pacs.py) and dicom3tools
-# (dciodvfy checks the written SR and capture).
+# Debian's Orthanc with its DICOMweb plugin (a real PACS for tests/test_pacs.py and tests/test_air.py),
+# dicom3tools (dciodvfy checks the written SR, parametric map and capture) and Pixelmed (its
+# DicomSRValidator checks the SR's template, as the IHE connectathon does).
 pacs:
 	@{ [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && \
-	   command -v dciodvfy >/dev/null 2>&1; } || { $(SUDO) apt-get update && \
-	  $(SUDO) apt-get install -y --no-install-recommends orthanc orthanc-dicomweb dicom3tools; }
+	   command -v dciodvfy >/dev/null 2>&1 && [ -e /usr/share/java/pixelmed.jar ] && \
+	   command -v java >/dev/null 2>&1; } || { $(SUDO) apt-get update && \
+	  $(SUDO) apt-get install -y --no-install-recommends orthanc orthanc-dicomweb dicom3tools pixelmed-apps; }
 
 run: install
 	$(PY) -m streamlit run dashboard/Home.py --server.port $(PORT) --server.address $(ADDRESS)

@@ -106,6 +106,24 @@ def pacs_source(store) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# Results the receiver forwards (the outbox)
+
+def outbox_status(store) -> None:
+    """One line of outbox counts (nothing while it is empty); the rows: ``python -m engine.pacs outbox``."""
+    counts = store.outbox_counts()
+    if not any(counts.values()):
+        return
+    text = (f"Results to the PACS: {counts['sent']:,} sent, {counts['pending']:,} waiting, "
+            f"{counts['failed']:,} failed (retried automatically).")
+    hint = "Administrators: python -m engine.pacs outbox --store DIR lists them with the reasons; --retry retries now."
+    if counts["failed"]:
+        st.warning(text, icon=":material/outbox:")
+        st.caption(hint)
+    else:
+        st.caption(text, help=hint)
+
+
+# ------------------------------------------------------------------------------------------------
 # Send to PACS from Review
 
 def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "") -> None:

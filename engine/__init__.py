@@ -5,7 +5,7 @@ Each sub-package is a layer and imports only the layers below it (an import-lint
 
     engine.cli         every ``python -m`` entry point: parse, call, print
     engine.pacs | engine.monitoring
-                       DICOM receiver, DICOMweb, sending results, SR and capture writers | input drift,
+                       DICOM receiver, DICOMweb, sending results, SR, parametric map and capture writers | input drift,
                        readers, the audit sample and the stop rule over the store (independent of each other)
     engine.worklist    the store (SQLite + file cache), ingest, the one results row
     engine.inference   backends, predictor, Grad-CAM, overlays, heatmap files

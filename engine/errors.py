@@ -12,6 +12,7 @@ it per file and a page can show ``str(err)`` as it is. Callers catch ``EngineErr
     │   └── DecisionExists       (engine.worklist.store) a second decision without "change"
     ├── NotDicomError            not a DICOM image a result can be filed under
     └── PacsError                a PACS could not be reached, or refused
+        └── PacsUnreachable      no answer at all (down, unreachable, association refused)
 """
 
 from __future__ import annotations
@@ -77,3 +78,7 @@ class NotDicomError(EngineError, ValueError):
 
 class PacsError(EngineError, RuntimeError):
     """A PACS could not be reached, or refused (the message says which; never an identifier)."""
+
+
+class PacsUnreachable(PacsError):
+    """The PACS did not answer (down, unreachable, association refused): nothing it was sent was refused."""

@@ -113,20 +113,24 @@ def test_sr_round_trip_through_pydicom_and_highdicom(sources, tmp_path):
     assert back.SeriesInstanceUID != src.SeriesInstanceUID
     for key in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"):
         assert back.get(key) == src.get(key), key
-    assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED", "FINAL")
+    assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == ("COMPLETE", "VERIFIED", "FINAL")
+    assert str(back.VerifyingObserverSequence[0].VerifyingObserverName) == "Dr Reviewer"
     assert back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
         .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
-    assert back.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == dicom_out.PRIVATE_SCHEME
+    assert back.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99IHE"   # no private code
 
     report = hd.sr.srread(path)                       # highdicom parses it back as TID 1500
     group = report.content.get_image_measurement_groups()[0]
     assert group.finding_type.value == "233604007"
     values = {m.name.meaning: m.value for m in group.get_measurements()}
     assert values == {"Probability": pytest.approx(0.812346), "Threshold Value": pytest.approx(0.656)}
-    evaluations = {q.name.value: q.value.meaning for q in group.get_qualitative_evaluations()}
-    assert evaluations == {"FLAG": "Yes", "REVIEW": "No"}
+    assert not group.get_qualitative_evaluations()            # in the report's own container (TID 1500 row 12)
     assert group.source_images[0].referenced_sop_instance_uid == src.SOPInstanceUID
-    texts = [c.TextValue for c in group[0].ContentSequence if c.ValueType == "TEXT" and c.ConceptNameCodeSequence[0]
+    evaluations = next(c for c in back.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "C0034375")
+    calls = {c.ConceptNameCodeSequence[0].CodeValue: c.ConceptCodeSequence[0].CodeMeaning
+             for c in evaluations.ContentSequence if c.ValueType == "CODE"}
+    assert calls == {"233604007": "Present"}                  # pneumonia, the algorithm's call at 0.656
+    texts = [c.TextValue for c in evaluations.ContentSequence if c.ValueType == "TEXT" and c.ConceptNameCodeSequence[0]
              .CodeValue == "121106"]
     assert any(t.startswith("NOT FOR DIAGNOSTIC USE") for t in texts)
     assert "Threshold origin: the model card's decision threshold" in texts
@@ -184,12 +188,12 @@ def test_destinations_parse():
 # A real Orthanc and the receiver
 
 class Orthanc:
-    def __init__(self, folder: Path, receiver_port: int) -> None:
-        self.http_port, self.dicom_port = _free_port(), _free_port()
+    def __init__(self, folder: Path, receiver_port: int, *, http_port: int = 0, dicom_port: int = 0) -> None:
+        self.http_port, self.dicom_port = http_port or _free_port(), dicom_port or _free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = f"{self.url}/dicom-web"
         storage = folder / "storage"
-        storage.mkdir()
+        storage.mkdir(parents=True)
         config = {
             "Name": "pytest-orthanc", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
@@ -335,9 +339,9 @@ def test_end_to_end_orthanc_to_receiver_and_results_back(pacs_setup, tmp_path):
         assert prob == pytest.approx(stored[str(header.SOPInstanceUID)], abs=2e-6)
         # --dicom-out wrote the same SR (the UID is derived from the source and the result).
         assert (cli_out / "dicom" / f"sr-{sr.SOPInstanceUID}.dcm").exists()
-        sc_series = web.search_for_series(str(header.StudyInstanceUID), search_filters={"Modality": "OT"})
-        assert len(sc_series) == 1
-        assert "NOT FOR DIAGNOSTIC USE" in sc_series[0]["0008103E"]["Value"][0]
+        ot_series = web.search_for_series(str(header.StudyInstanceUID), search_filters={"Modality": "OT"})
+        assert len(ot_series) == 2                            # the heatmap capture and its parametric map
+        assert all("NOT FOR DIAGNOSTIC USE" in s["0008103E"]["Value"][0] for s in ot_series)
 
     text = log.read_text()
     for value in _source_identity():
@@ -414,7 +418,7 @@ def test_dicomweb_query_pull_and_stow_of_a_reviewed_report(pacs_setup, tmp_path,
                           threshold=0.656, model="m")
     writer = ResultWriter(predictor)
     sent = pacs.send_study_results(store, row, writer, pacs.parse_destination(orthanc.dicomweb))
-    assert sent == 2
+    assert sent == 3                                          # SR, capture, parametric map
     study = str(source_header(store.read_file(row.sha256)).StudyInstanceUID)
     web = DICOMwebClient(orthanc.dicomweb)
     found = []
@@ -424,9 +428,67 @@ def test_dicomweb_query_pull_and_stow_of_a_reviewed_report(pacs_setup, tmp_path,
             ds = web.retrieve_instance(study, s_uid, inst["00080018"]["Value"][0])
             path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
-            g = hd.sr.srread(path).content.get_image_measurement_groups()[0]
-            found.append({q.name.value: q.value.meaning for q in g.get_qualitative_evaluations()})
-    assert {"FLAG": "No", "REVIEW": "Yes"} in found, found
+            assert hd.sr.srread(path).content.get_image_measurement_groups()[0].finding_type.value == "233604007"
+            evaluations = next(c for c in ds.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "C0034375")
+            call = next(c.ConceptCodeSequence[0].CodeMeaning for c in evaluations.ContentSequence if c.ValueType == "CODE")
+            texts = [c.TextValue for c in evaluations.ContentSequence if c.ValueType == "TEXT"]
+            found.append((ds.VerificationFlag, call, any(t.startswith("Reviewer decision: agree by Dr Test") for t in texts)))
+    assert ("VERIFIED", "Absent", True) in found, found
+
+
+def test_a_bounded_read_stops_at_the_limit_and_reads_no_further():
+    from engine.pacs.send import _first_part, _read_bounded
+
+    def endless():
+        for _ in range(3):
+            yield b"x" * 1000
+        raise AssertionError("read past the limit")
+    assert _read_bounded(endless(), 2500) is None
+    assert _read_bounded(iter([b"ab", b"cd"]), 4) == bytearray(b"abcd")
+    body = bytearray(b"--b1\r\nContent-Type: application/dicom\r\n\r\nDICOM BYTES\r\n--b1--")
+    assert _first_part(body, 'multipart/related; type="application/dicom"; boundary=b1') == b"DICOM BYTES"
+    assert _first_part(bytearray(b"raw"), "application/dicom") == b"raw"
+
+
+@needs_orthanc
+def test_a_pull_refuses_an_instance_over_the_limit_while_it_streams(pacs_setup, tmp_path, dcm, xray):
+    """Issue 20: a 300 MB instance was pulled whole into memory and kept past the receiver's limit.
+    With CXR_MAX_FILE_MB=1 for the pulling process: an instance just over it and one well over it are
+    refused, each with its own row saying so and nothing kept; the small one beside them is pulled."""
+    import numpy as np
+    orthanc = pacs_setup["orthanc"]
+    rng = np.random.default_rng(7)
+    small = dcm.dataset(xray, modality="DX")
+    just_over = dcm.dataset(rng.integers(0, 4096, (740, 740), dtype=np.uint16), modality="DX")
+    well_over = dcm.dataset(rng.integers(0, 4096, (1300, 1300), dtype=np.uint16), modality="DX")
+    for ds in (just_over, well_over):
+        ds.StudyInstanceUID = small.StudyInstanceUID     # one study, three series
+    sizes = [len(dcm.to_bytes(ds)) for ds in (small, just_over, well_over)]
+    assert sizes[0] < 2 ** 20 < sizes[1] < 2 ** 20 + 64 * 1024 < 2 * 2 ** 20 < sizes[2]
+    for ds in (small, just_over, well_over):
+        orthanc.upload(dcm.to_bytes(ds))
+    store_dir = tmp_path / "store"
+    done = subprocess.run([PY, "-m", "engine.pacs", "pull", "--url", orthanc.dicomweb, "--store", str(store_dir),
+                           "--study", str(small.StudyInstanceUID), "--modality", "DX", "--no-score"],
+                          cwd=ROOT, env={**os.environ, "CXR_MAX_FILE_MB": "1", "CXR_STORE_DIR": str(store_dir)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 instance(s) retrieved" in done.stderr
+    from engine.pacs.send import study_name
+    from engine.worklist.store import Store
+    rows = {r.name: r for r in Store(store_dir).studies(None, "any")}
+    name = {key: study_name("dicomweb", str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+            for key, ds in (("small", small), ("just", just_over), ("well", well_over))}
+    assert rows[name["small"]].sha256 and rows[name["small"]].read_error == ""
+    for key in ("just", "well"):
+        row = rows[name[key]]
+        assert row.status == "refused" and row.sha256 == "", row
+        assert "over the 1,048,576-byte limit for one image (CXR_MAX_FILE_MB)" in row.read_error \
+            or "over the 1.0 MB limit for one image (CXR_MAX_FILE_MB)" in row.read_error, row.read_error
+        assert row.read_error in done.stderr                # said per instance
+    assert f"{sizes[1]:,} bytes is over" in rows[name["just"]].read_error
+    assert len([p for p in (store_dir / "files").rglob("*") if p.is_file()]) == 1
+    assert not any(str(ds.SOPInstanceUID) in done.stderr for ds in (small, just_over, well_over))
 
 
 @needs_orthanc
@@ -475,7 +537,7 @@ def test_dashboard_pulls_from_the_pacs_and_sends_a_reviewed_study_back(pacs_setu
     assert not at.button(key="send_pacs").disabled
     at.button(key="send_pacs").click().run()
     assert not at.exception, [e.message for e in at.exception]
-    assert any(s.value.startswith("Sent 2 object(s)") for s in at.success), [e.value for e in at.error]
+    assert any(s.value.startswith("Sent 3 object(s)") for s in at.success), [e.value for e in at.error]
 
 
 def test_text_outside_the_source_character_set_survives(sources, tmp_path):

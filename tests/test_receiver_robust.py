@@ -90,9 +90,9 @@ def echo(port: int, bind: str = "127.0.0.1") -> bool:
     return bool(status) and status.Status == 0
 
 
-def store(port: int, datasets) -> list[int]:
+def store(port: int, datasets, contexts: tuple[str, ...] = (DX,)) -> list[int]:
     """C-STORE each dataset over one association; the statuses (-1: no response)."""
-    assoc = _ae("PYTEST", DX).associate("127.0.0.1", port, ae_title="TRIAGE")
+    assoc = _ae("PYTEST", *contexts).associate("127.0.0.1", port, ae_title="TRIAGE")
     assert assoc.is_established
     statuses = []
     for ds in datasets:
@@ -334,3 +334,76 @@ def test_sigterm_finishes_the_batch_being_scored_and_leaves_the_rest_queued(tmp_
     finally:
         assert stop_receiver(again) == 0
     assert not list((running.store / "spool" / "receive").glob("*/*"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The same SOP Instance UID again, and our own results sent back (issue 20)
+
+def _named(store_dir: Path, ds) -> list:
+    from engine.pacs.send import study_name
+    name = study_name("PYTEST", str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+    return [r for r in inbox_rows(store_dir) if r.name == name]
+
+
+def _other_pixels(ds):
+    import copy
+    changed = copy.deepcopy(ds)
+    pixels = ds.pixel_array.copy()
+    pixels[:20] = 255 - pixels[:20]
+    changed.PixelData = pixels.tobytes()
+    return changed
+
+
+def test_the_same_sop_instance_uid_with_other_pixels_is_its_own_row_with_a_conflict_warning(receiver, dcm, xray):
+    first = radiograph(dcm, xray)
+    second = _other_pixels(first)                         # the same UIDs, other pixel data
+    assert store(receiver.port, [first, second, first]) == [0, 0, 0]    # the first again adds nothing
+    rows = _wait(lambda: (lambda r: r if len(r) == 2 else None)(_named(receiver.store, first)), 30,
+                 "two rows under one SOP Instance UID")
+    old, new = sorted(rows, key=lambda r: r.id)
+    assert old.sha256 != new.sha256
+    assert new.warnings[0].startswith("conflict: an image with the same SOP Instance UID and different pixel data")
+    assert f"(row {old.id})" in new.warnings[0]
+    assert old.warnings[0] == f"conflict: a later image with the same SOP Instance UID has different pixel data (row {new.id})"
+    assert "again with different pixel data" in receiver.text()
+
+    header_only = radiograph(dcm, xray)
+    edited = __import__("copy").deepcopy(header_only)
+    edited.StudyDescription = "corrected"                # the same pixels, another header
+    assert store(receiver.port, [header_only, edited]) == [0, 0]
+    rows = sorted(_wait(lambda: (lambda r: r if len(r) == 2 else None)(_named(receiver.store, header_only)), 30,
+                        "two rows"), key=lambda r: r.id)
+    assert rows[0].conflict == "" and rows[1].warnings[0].startswith("the same image (SOP Instance UID and pixel data)")
+    text = receiver.text()
+    assert not [v for v in _identifiers(dcm, first) if v in text]
+
+
+def test_our_own_results_are_known_by_their_series_not_by_the_manufacturer(receiver, dcm, xray):
+    from engine.model.checkpoint import DEFAULT_MODEL_DIR, read_card
+    from engine.pacs.dicom_out import MANUFACTURER, Finding, heatmap_capture, source_header, structured_report
+    from engine.pacs.dicom_out import to_bytes as result_bytes
+    card = read_card(DEFAULT_MODEL_DIR)
+    source = radiograph(dcm, xray)
+    header = source_header(dcm.to_bytes(source))
+    ours = Finding(0.7, 0.5, "test", card.name, str(card.version))
+    capture = heatmap_capture(header, np.zeros((32, 64, 3), np.uint8), ours)
+    del capture.SeriesDescription                         # a PACS may drop it: the series UID still says ours
+    capture.SeriesNumber = 1
+    other_model = structured_report(header, Finding(0.7, 0.5, "test", "Another model", "9.9"))
+    for ds in (capture, other_model):                     # as received over the network
+        ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+        assert source_header(result_bytes(ds)).Manufacturer == MANUFACTURER
+    sc, sr = uid.SecondaryCaptureImageStorage, "1.2.840.10008.5.1.4.1.1.88.33"
+    assert store(receiver.port, [capture, other_model], (sc, sr)) == [0, 0]
+    assert receiver.text().count("is one of our own result objects; acknowledged, not kept") >= 2
+
+    namesake_dx = radiograph(dcm, xray)
+    namesake_dx.Manufacturer = MANUFACTURER               # merely the product's name: an image like any
+    namesake_sc = dcm.dataset(xray, modality="OT", sop_class=sc, Manufacturer=MANUFACTURER)
+    assert store(receiver.port, [namesake_dx, namesake_sc], (DX, sc)) == [0, 0]
+    for ds in (namesake_dx, namesake_sc):
+        row = _wait(lambda ds=ds: next((r for r in _named(receiver.store, ds) if r.result is not None), None),
+                    120, "the namesake image scored")
+        assert row.result.status == "ok"
+    for ds in (capture, other_model):
+        assert _named(receiver.store, ds) == []

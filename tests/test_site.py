@@ -46,7 +46,7 @@ def test_round_trip_survives_a_restart_and_the_cli_uses_it(tmp_path, monkeypatch
     saved = fit_profile("Clinic A", y, s, "specificity>=0.9", model="m", source="predictions CSV")
     save_profile(saved)
     assert load_profile("Clinic A") == saved                      # a new read from disk
-    assert [p.name for p in list_profiles()] == ["Clinic A"]
+    assert [p.name for p in list_profiles()] == ["Clinic A", "kermany-test-dev"]   # the user's, then the shipped
     with pytest.raises(ProfileError, match="no site profile named 'nope'"):
         load_profile("nope")
     from engine.cli.predict import main
@@ -81,7 +81,24 @@ def test_a_profile_with_an_impossible_threshold_is_refused_on_load_and_by_the_cl
     path.write_text(json.dumps(json.loads(path.read_text()) | {"threshold": threshold}))
     with pytest.raises(ProfileError, match="threshold must be a number in \\[0, 1\\]"):
         load_profile("ward")
-    assert list_profiles() == []                                   # skipped in the sidebar's list too
+    assert [p.name for p in list_profiles()] == ["kermany-test-dev"]   # skipped in the sidebar's list too
     from engine.cli.predict import main
     from helpers import JPEGS
     assert main([str(JPEGS[0]), "--out", str(tmp_path / "r.csv"), "--profile", "ward", "--quiet"]) == 2
+
+
+def test_the_shipped_dev_half_profile_works_on_a_fresh_clone(tmp_path, monkeypatch):
+    """``engine.predict --profile kermany-test-dev``: the example profile fitted on the dev half of the
+    official test split ships in assets/profiles and is found with an empty profiles folder."""
+    monkeypatch.setenv("CXR_PROFILES_DIR", str(tmp_path / "empty"))
+    profile = load_profile("kermany-test-dev")
+    assert (profile.n_normal, profile.n_pneumonia) == (117, 195) and profile.reliable
+    from engine.model.checkpoint import read_card
+    from helpers import JPEGS, SHIPPED_MODEL
+    card = read_card(SHIPPED_MODEL)
+    assert profile.model == f"{card.name} {card.version}"             # offered in the sidebar for this model
+    from engine.cli.predict import main
+    out = tmp_path / "r.csv"
+    assert main([str(JPEGS[0]), "--out", str(out), "--profile", "kermany-test-dev", "--quiet"]) == 0
+    row = next(csv.DictReader(open(out)))
+    assert float(row["threshold"]) == profile.threshold and row["operating_point"] == "site profile kermany-test-dev"

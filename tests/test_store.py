@@ -119,3 +119,25 @@ def test_files_are_content_addressed_and_written_once(tmp_path):
     assert store.put_file(b"abc") == sha
     assert sorted(p.name for p in (tmp_path / "files").rglob("*") if p.is_file()) == [sha]
     assert store.used_bytes() == 3
+
+
+def test_eviction_never_removes_a_file_not_yet_scored_nor_one_waiting_in_the_outbox(tmp_path):
+    """Issue 20: the receiver acknowledged images the dashboard's eviction then removed before they were
+    scored. Unscored studies' files stay (the report says so); once scored, they may go."""
+    store = Store(tmp_path, max_bytes=10)
+    shas = [store.put_file(bytes([65 + i]) * 8) for i in range(5)]
+    ids = [store.add_study(None, f"inbox/{i}.dcm", sha, source="dicom-receiver") for i, sha in enumerate(shas)]
+    report = store.evict(protect_threshold=0.5, model_key=MODEL)
+    assert report.removed_files == 0 and all(store.has_file(s) for s in shas)
+    assert report.over_limit and report.blocked_by_unscored == 5 and report.blocked_by_unreviewed == 0
+    assert "5 studies are not yet scored" in report.notice()
+    for sha in shas[:4]:                                  # scored, not flagged; the first waits in the outbox
+        store.put_result(sha, MODEL, Result("ok", 0.1), outbox=[(ids[0], "PACS@h:1")] if sha == shas[0] else ())
+    report = store.evict(protect_threshold=0.5, model_key=MODEL)
+    assert [store.has_file(s) for s in shas] == [True, False, False, False, True]
+    assert report.removed_files == 3 and report.blocked_by_unscored == 2
+    (entry,) = store.outbox_due("PACS@h:1")
+    store.outbox_sent(entry.id)
+    store.put_result(shas[4], MODEL, Result("error", None, "cannot be decoded"))   # refused counts as scored
+    report = store.evict(protect_threshold=0.5, model_key=MODEL)
+    assert report.removed_files == 1 and not report.over_limit and report.notice() == ""

@@ -108,10 +108,7 @@ def _ingest_and_score(store, wl, files, pred, ref) -> None:
 def _eviction_notice(store, thr: float, ref) -> None:
     eviction = store.evict(protect_threshold=thr, model_key=ref.key)
     if eviction.over_limit:
-        st.warning(f"The worklist store is over its size limit ({fmt_mb(eviction.used_bytes)} of "
-                   f"{fmt_mb(eviction.max_bytes)}): {eviction.blocked_by_unreviewed} flagged studies are not yet "
-                   "reviewed, and their files are kept until they are. Review them, or ask your administrator "
-                   "to raise the store's size limit.")
+        st.warning(eviction.notice())
 
 
 def _summary(df, thr: float, store, wl, model_label: str) -> None:
@@ -143,7 +140,7 @@ def _column_config(thr: float) -> dict:
         "warn": st.column_config.TextColumn("⚠", width="small",
                                             help="A warning: outside the training population, or the image looks "
                                                  "unlike a frontal chest radiograph (read the Warnings column)"),
-        "review": st.column_config.TextColumn("Review", width="small"),
+        "review": st.column_config.TextColumn("Review"),
         "audit": st.column_config.TextColumn("Audit", width="small",
                                              help="Not flagged, drawn at random into the audit sample: please "
                                                   "review it (it measures what the model misses)"),
@@ -221,6 +218,7 @@ def render() -> None:
     st.title("Triage")
     files = _uploader()
     pacs_panel.pacs_source(store)
+    pacs_panel.outbox_status(store)
     _ingest_and_score(store, wl, files, pred, ref)
     _eviction_notice(store, thr, ref)
     pacs_panel.inbox_watch(store, wl)

@@ -41,8 +41,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="NAME",
                    help="a saved site profile's threshold (engine.evaluation.site; the dashboard's Performance page saves them)")
     p.add_argument("--heatmaps", help="folder for one PNG per readable file: original | Grad-CAM overlay")
-    p.add_argument("--dicom-out", help="folder for a DICOM structured report and heatmap capture per scored DICOM "
-                                       "file, in its study (engine/dicom_out.py)")
+    p.add_argument("--dicom-out", help="folder for a DICOM structured report, heatmap parametric map and heatmap "
+                                       "capture per scored DICOM file, in its study (engine/pacs/dicom_out.py, "
+                                       "docs/CONFORMANCE.md)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                    help="inference backend (default: $CXR_BACKEND or auto, the fastest measured on this CPU; "
@@ -162,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _dicom_out(args, predictor, threshold: float):
-    """``--dicom-out``: the SR and heatmap capture writer (None without the option)."""
+    """``--dicom-out``: the SR, parametric map and heatmap capture writer (None without the option)."""
     if not args.dicom_out:
         return None
     from engine.pacs.dicom_out import DicomOutFolder

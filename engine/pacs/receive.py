@@ -9,7 +9,10 @@ every dashboard worklist shows) under a name that groups it by study without quo
 (``AET/study-<hash>/image-<hash>.dcm``), then scored by a single background thread through the
 predictor's decoding workers (a decoder that crashes costs that image only). With ``--forward-to``
 (``AET@HOST:PORT`` for C-STORE, or an ``http(s)://`` DICOMweb root for STOW-RS), the structured
-report and the heatmap capture of each scored image (:mod:`engine.pacs.dicom_out`) go there.
+report and the heatmap capture of each scored image (:mod:`engine.pacs.dicom_out`) go there through
+the store's outbox (:mod:`engine.pacs.outbox`): queued with the result in one transaction, sent, and
+retried with back-off (and after a restart, a crash or a kill included) until the destination has them;
+``python -m engine.pacs outbox --store DIR`` lists them.
 
 * Only radiograph storage SOP classes are kept (CR, DX for presentation and for processing, Secondary
   Capture). Every storage class is negotiated, so that a PACS sending a whole study gets an answer per
@@ -18,7 +21,9 @@ report and the heatmap capture of each scored image (:mod:`engine.pacs.dicom_out
   0xA900, one that cannot be parsed with 0xC210, one over the size limit (``CXR_MAX_FILE_MB``) with
   0xA700, and so is one that would leave the store's file system with less free space than
   ``CXR_STORE_MIN_FREE_MB``; a decoder failure is reported on the study's row (the image was received
-  and kept). Our own result objects sent back to us (a routing loop) are acknowledged and dropped.
+  and kept). Our own result objects sent back to us (a routing loop) are acknowledged and dropped: they
+  are known by the series our writers file them in (series UID, or series number and description), not
+  by the Manufacturer, which any image may carry.
 * Datasets stream to ``<store>/spool/receive/<pid>/`` as they arrive (memory stays flat, nothing goes
   to the system temporary folder). An association whose message passes the size limit while arriving
   is aborted then and there; the part of a dataset cut short (abort, dropped connection) is deleted at
@@ -35,6 +40,8 @@ report and the heatmap capture of each scored image (:mod:`engine.pacs.dicom_out
 * Identifiers (patient name, ID, birth date, accession number, institution) are stored apart by the
   store and never written to the log: log lines name images by the same hashed names, and the DICOM
   and DICOMweb libraries log warnings only (their INFO and DEBUG lines quote UIDs), unless ``--debug``.
+* The same SOP Instance UID arriving again with other content is kept as its own row, with a warning
+  on both rows (a conflict when the pixel data differ); the same bytes again add nothing.
 * Images received while the model was busy or before a restart are scored (and forwarded) at start.
 
 SIGTERM or Ctrl-C stops accepting, lets the images being scored finish (the batch in flight, at most
@@ -61,7 +68,7 @@ from typing import Callable, Optional, Sequence
 
 from engine.inputs import limits
 from engine.inference.backends import CHOICES as BACKEND_CHOICES
-from engine.pacs.send import SOURCE_RECEIVER, Destination, PacsError, parse_destination, send, study_name
+from engine.pacs.send import SOURCE_RECEIVER, Destination, parse_destination, send, study_name
 from engine.evaluation.metrics import flagged as flag_rule
 from engine.settings import settings
 
@@ -105,8 +112,50 @@ AWAITING_REQUEST = "Sta2"
 MAX_PDU_BYTES = 4 * limits.MB
 # At stop, how long associations still open may take to finish before they are aborted.
 STOP_GRACE_S = 5.0
+# How often the scoring thread, when idle, tries the outbox rows that are due.
+OUTBOX_POLL_S = 5.0
 # Libraries whose INFO and DEBUG lines quote UIDs, patient names, or URLs holding UIDs.
 CHATTY_LIBRARIES = ("pynetdicom", "dicomweb_client", "highdicom", "pydicom", "urllib3", "requests")
+
+
+def own_series() -> dict[str, tuple[int, str, str]]:
+    """SOP class -> (series number, series description, seed of the series UID) of each result object
+    our writers make (:mod:`engine.pacs.dicom_out`), the parametric map included where it is written."""
+    from engine.pacs import dicom_out as out
+    series = {out.COMPREHENSIVE_SR: (out.SR_SERIES_NUMBER, out.SR_SERIES_DESCRIPTION, "cxr-triage-sr-series"),
+              out.SECONDARY_CAPTURE: (out.SC_SERIES_NUMBER, out.SC_SERIES_DESCRIPTION, "cxr-triage-sc-series")}
+    if hasattr(out, "PARAMETRIC_MAP"):
+        series[out.PARAMETRIC_MAP] = (out.PM_SERIES_NUMBER, out.PM_SERIES_DESCRIPTION, "cxr-triage-pm-series")
+    return series
+
+
+def own_result(header, model: str) -> bool:
+    """Whether ``header`` is one of our own result objects (a routing loop sent it back): one in the
+    series our writers file results in, known by its series UID (derived from the study and the model as
+    :mod:`engine.pacs.dicom_out` derives it) or by that series' number and description (another model's
+    results). The Manufacturer is not looked at: an image may carry any."""
+    from pydicom.uid import generate_uid
+    found = own_series().get(str(header.get("SOPClassUID", "")))
+    if found is None:
+        return False
+    number, description, seed = found
+    if str(header.SeriesInstanceUID) == generate_uid(entropy_srcs=[seed, str(header.StudyInstanceUID), model]):
+        return True
+    return str(header.get("SeriesNumber", "")) == str(number) and \
+        str(header.get("SeriesDescription", "")) == description
+
+
+def pixel_digest(data: bytes) -> str:
+    """SHA-256 of a dataset's pixel data as stored (of the whole file when it cannot be parsed)."""
+    import hashlib
+    import io
+
+    import pydicom
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), specific_tags=["PixelData"])
+        return hashlib.sha256(bytes(ds.get("PixelData") or b"")).hexdigest()
+    except Exception:
+        return "file-" + hashlib.sha256(data).hexdigest()
 
 
 def _address(assoc) -> str:
@@ -438,7 +487,15 @@ class Receiver:
         self._writer = None
         self._server = None
         self._worker: Optional[threading.Thread] = None
-        self.stats = {"received": 0, "refused": 0, "scored": 0, "forwarded": 0, "forward_failed": 0}
+        self.model_label = f"{predictor.card.name} {predictor.card.version}".strip()
+        self.courier = self._courier() if forward is not None else None
+        self.stats = {"received": 0, "refused": 0, "scored": 0, "forwarded": 0}
+
+    def _courier(self):
+        """The outbox's courier to ``self.forward``: objects written again from the store when retried."""
+        from engine.pacs.outbox import Courier, rebuild
+        return Courier(self.store, str(self.forward), lambda entry: rebuild(self.store, self.writer, entry),
+                       lambda objects: send(objects, self.forward, self.aet))
 
     # -------------------------------------------------------------------------------- DIMSE side
 
@@ -513,11 +570,12 @@ class Receiver:
         return status
 
     def _store(self, event, peer: str) -> int:
-        from engine.pacs.dicom_out import MANUFACTURER, NotDicomError, source_header
+        from engine.pacs.dicom_out import NotDicomError, source_header
         from pydicom.uid import UID
         requested = str(event.request.AffectedSOPClassUID)
-        if requested not in self.storage_classes:
-            return self._refuse(peer, REFUSED_SOP_CLASS, f"{UID(requested).name} is not a radiograph storage class")
+        not_kept = f"{UID(requested).name} is not a radiograph storage class"
+        if requested not in self.storage_classes and requested not in own_series():   # an SR may be ours
+            return self._refuse(peer, REFUSED_SOP_CLASS, not_kept)
         size = self._size(event)
         if size > limits.MAX_FILE_BYTES:
             return self._refuse(peer, OUT_OF_RESOURCES, f"{limits.fmt_mb(size)} is over the "
@@ -533,9 +591,11 @@ class Receiver:
         if str(header.SOPClassUID) != requested:
             return self._refuse(peer, DATASET_MISMATCH, "the dataset's SOP class does not match the request")
         name = study_name(self._calling(event), str(header.StudyInstanceUID), str(header.SOPInstanceUID))
-        if str(header.get("Manufacturer", "")) == MANUFACTURER:
-            log.info("C-STORE from %s: %s is one of our own result objects; acknowledged, not scored", peer, name)
+        if own_result(header, self.model_label):
+            log.info("C-STORE from %s: %s is one of our own result objects; acknowledged, not kept", peer, name)
             return SUCCESS
+        if requested not in self.storage_classes:
+            return self._refuse(peer, REFUSED_SOP_CLASS, not_kept)
         self._keep(data, name)
         log.info("received %s from %s (%s, %s)", name, peer, header.get("Modality", "?"), limits.fmt_mb(len(data)))
         return SUCCESS
@@ -543,9 +603,37 @@ class Receiver:
     def _keep(self, data: bytes, name: str) -> None:
         sha = self.store.put_file(data)
         if not self.store.has_study(None, name, sha):
-            self.store.add_study(None, name, sha, source=SOURCE_RECEIVER)
+            self._add_row(data, name, sha)
         self.stats["received"] += 1
         self._queue.put((sha, name))
+
+    def _add_row(self, data: bytes, name: str, sha: str) -> None:
+        """A new inbox row; when other content arrived under the same name (SOP Instance UID) before,
+        both rows say so in their warnings."""
+        earlier = [(i, s) for i, s in self.store.inbox_files_named(name) if s != sha]
+        if not earlier:
+            self.store.add_study(None, name, sha, source=SOURCE_RECEIVER)
+            return
+        mine = pixel_digest(data)
+        differ = [i for i, s in earlier if self._digest(s) != mine]
+        rows = ", ".join(str(i) for i, _ in earlier)
+        if differ:
+            note = (f"conflict: an image with the same SOP Instance UID and different pixel data arrived earlier "
+                    f"(row {rows}); check which one is right before relying on either")
+        else:
+            note = f"the same image (SOP Instance UID and pixel data) arrived earlier with another header (row {rows})"
+        new_id = self.store.add_study(None, name, sha, source=SOURCE_RECEIVER, conflict=note)
+        for i in differ:
+            self.store.add_conflict(i, f"conflict: a later image with the same SOP Instance UID has different "
+                                       f"pixel data (row {new_id})")
+        log.warning("received %s again with %s: kept as its own row, with a warning", name,
+                    "different pixel data" if differ else "the same pixel data and another header")
+
+    def _digest(self, sha: str) -> str:
+        try:
+            return pixel_digest(self.store.read_file(sha))
+        except Exception:                      # evicted: cannot be compared, so it counts as different
+            return ""
 
     def _free_space_short(self, size: int) -> str:
         """Why keeping ``size`` more bytes would take the store under its free-space floor ("" if not)."""
@@ -585,6 +673,15 @@ class Receiver:
                                         None if self.threshold is None else "--threshold given to the receiver")
         return self._writer
 
+    def _outbox_rows(self, batch: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
+        """(study row, destination) to queue with each file's result."""
+        rows: dict[str, list[tuple[int, str]]] = {}
+        for sha, name in batch.items():
+            sid = self.store.study_id(None, name, sha)
+            if sid is not None:
+                rows[sha] = [(sid, str(self.forward))]
+        return rows
+
     def _score(self, batch: dict[str, str]) -> None:
         from engine.worklist.ingest import score_files
 
@@ -602,26 +699,25 @@ class Receiver:
                 self._forward(sha, name, pred)
 
         score_files(self.store, batch, self.predictor, self.model_key, batch_size=self.batch_size,
-                    on_prediction=after, rescore=self.forward is not None)
+                    on_prediction=after, rescore=self.forward is not None,
+                    outbox=self._outbox_rows(batch) if self.forward is not None else None)
 
     def _forward(self, sha: str, name: str, pred) -> None:
-        from engine.pacs.dicom_out import NotDicomError
-        try:
-            objects = self.writer.objects(self.store.read_file(sha), pred)
-            send(objects, self.forward, self.aet)
-            self.stats["forwarded"] += len(objects)
-            log.info("results of %s sent to %s (%d object(s))", name, self.forward, len(objects))
-        except (PacsError, NotDicomError) as exc:
-            self.stats["forward_failed"] += 1
-            log.error("results of %s not sent: %s", name, exc)
-        except Exception as exc:
-            self.stats["forward_failed"] += 1
-            log.error("results of %s not sent: %s", name, type(exc).__name__)
+        """Send the results just queued in the outbox for ``sha``; a failure is recorded there, and retried."""
+        sent = self.courier.send_now(sha, lambda: self.writer.objects(self.store.read_file(sha), pred))
+        if sent:
+            self.stats["forwarded"] += sent
+            log.info("results of %s sent to %s", name, self.forward)
+        else:
+            log.info("results of %s are in the outbox for %s (sent before, or to be retried)", name, self.forward)
 
     def _next_batch(self) -> Optional[dict[str, str]]:
-        """The next item and what else has arrived meanwhile; None once stopping (the rest stay queued
-        in the store, unscored, for the next start)."""
-        item = self._queue.get()
+        """The next item and what else has arrived meanwhile; {} when nothing arrived within the outbox's
+        poll; None once stopping (the rest stay queued in the store, unscored, for the next start)."""
+        try:
+            item = self._queue.get(timeout=OUTBOX_POLL_S if self.courier is not None else None)
+        except queue.Empty:
+            return None if self._stopping.is_set() else {}
         batch: dict[str, str] = {}
         while item is not None and not self._stopping.is_set():
             batch[item[0]] = item[1]
@@ -639,9 +735,12 @@ class Receiver:
             if batch is None:
                 return
             try:
-                self._score(batch)
+                if batch:
+                    self._score(batch)
+                if self.courier is not None:
+                    self.courier.send_due(self._stopping.is_set)
             except Exception:                      # a bug here must not stop the service
-                log.exception("scoring a batch of %d image(s) failed", len(batch))
+                log.exception("scoring a batch of %d image(s), or sending the outbox, failed", len(batch))
 
     def backlog(self) -> dict[str, str]:
         """Received images with no result for this model yet (a restart, a crash)."""
@@ -655,6 +754,10 @@ class Receiver:
         removed = self.spool.open()
         if removed:
             log.info("deleted %d leftover(s) of an earlier receiver from the spool (%s)", removed, self.spool.root)
+        if self.forward is not None:
+            due = self.store.outbox_retry(str(self.forward))
+            if due:
+                log.info("%d result(s) in the outbox not yet sent to %s: sending them", due, self.forward)
         self._worker = threading.Thread(target=self._work, name="receiver-scoring", daemon=True)
         self._worker.start()
         for sha, name in self.backlog().items():
@@ -680,6 +783,10 @@ class Receiver:
         unscored = len(self.backlog())
         if unscored:
             log.info("%d received image(s) not scored yet: they will be scored at the next start", unscored)
+        counts = self.store.outbox_counts()
+        if self.forward is not None and counts["pending"] + counts["failed"]:
+            log.info("%d result(s) in the outbox not sent yet: they will be sent at the next start",
+                     counts["pending"] + counts["failed"])
         self.spool.close()
 
 

@@ -4,6 +4,7 @@
                                 [--accession A] [--include-identifiers]
     python -m engine.pacs pull  --url URL --store DIR [the same filters] [--study UID] [--checkpoint DIR]
     python -m engine.pacs send  --store DIR --to DEST [--study-row ID ...] [--checkpoint DIR] [--threshold T]
+    python -m engine.pacs outbox --store DIR [--retry]
 
 * ``query`` asks a DICOMweb server (QIDO-RS) for studies by date range, modality and accession
   number and prints one line per study (the study UID, date, modalities, number of instances; patient
@@ -11,10 +12,14 @@
 * ``pull`` retrieves (WADO-RS, in the stored transfer syntax) the radiograph instances (CR, DX by
   default, or ``--modality``) of the matching studies into the store's shared inbox, which every
   dashboard worklist lists, and scores them (unless ``--no-score``) through the same decoding
-  workers as every other source.
+  workers as every other source. Each instance streams in; one past ``CXR_MAX_FILE_MB`` is refused
+  while it arrives (a row says so, nothing is kept) and the others are still pulled.
 * ``send`` writes the structured report and the heatmap capture (:mod:`engine.pacs.dicom_out`) of scored
   inbox studies and sends them to a destination: ``AET@HOST:PORT`` (C-STORE, pynetdicom) or an
   ``http(s)://`` DICOMweb root (STOW-RS). With the reviewer's decision when there is one.
+* ``outbox`` lists the results the receiver forwards (:mod:`engine.pacs.outbox`): pending, sent and
+  failed, with the reason of the last failure and the next try (no identifier); ``--retry`` makes every
+  unsent one due now (the running receiver sends it within seconds, else the next one at its start).
 
 Exit codes: 0 done, 2 usage error, 3 model cannot be loaded, 4 the server could not be reached or
 refused (the message says which). Nothing identifying is printed unless asked.
@@ -28,10 +33,11 @@ import logging
 import re
 import sys
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from pydicom.dataset import Dataset
-from engine.errors import PacsError  # noqa: F401  (part of this module's interface)
+from engine.errors import ImageTooLargeError, PacsError, PacsUnreachable  # noqa: F401  (this module's interface)
+from engine.inputs import limits
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +86,7 @@ def c_store(datasets: Sequence[Dataset], dest: Destination, calling_aet: str = "
         ae.add_requested_context(ds.SOPClassUID, [ts] if ts else None)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
     if not assoc.is_established:
-        raise PacsError(f"{dest}: association refused or not reachable")
+        raise PacsUnreachable(f"{dest}: association refused or not reachable")
     failures = []
     try:
         for ds in datasets:
@@ -102,8 +108,11 @@ def _client(url: str, timeout: float = 30):
 
 def stow(datasets: Sequence[Dataset], url: str) -> None:
     """Send ``datasets`` by STOW-RS; PacsError on refusal or failure."""
+    import requests
     try:
         _client(url).store_instances(list(datasets))
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise PacsUnreachable(f"{url}: STOW-RS failed, not reachable ({type(exc).__name__})") from None
     except Exception as exc:
         raise PacsError(f"{url}: STOW-RS failed ({type(exc).__name__}: {_short(exc)})") from None
 
@@ -180,15 +189,112 @@ def study_name(prefix: str, study_uid: str, sop_uid: str) -> str:
     return f"{prefix}/study-{_short_hash(study_uid)}/image-{_short_hash(sop_uid)}.dcm"
 
 
-def pull(url: str, store, *, modalities: Sequence[str] = DEFAULT_MODALITIES, date_from: str = "",
-         date_to: str = "", accession: str = "", study_uid: str = "", limit: int = 200) -> list[str]:
-    """Retrieve the radiograph instances of matching studies into the store's inbox.
+# Headers and boundaries around one instance in a multipart/related response: read past the limit by
+# at most this much before the instance is refused.
+MULTIPART_SLACK = 64 * 1024
+WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
-    Returns the SHA-256 of each instance added (already-present files are not added twice).
-    """
-    from engine.pacs.dicom_out import to_bytes
+
+def _too_large(name: str, size: int, max_bytes: int, more: bool = False) -> ImageTooLargeError:
+    """The refusal of one instance of ``size`` bytes (``more``: at least) over ``max_bytes``."""
+    what, limit = limits.fmt_mb(size), limits.fmt_mb(max_bytes)
+    if what == limit:                          # just over: the bytes say it
+        what, limit = f"{size:,} bytes", f"{max_bytes:,}-byte"
+    return ImageTooLargeError(name, f"{'more than ' if more else ''}{what} is over the {limit} limit for one "
+                                    "image (CXR_MAX_FILE_MB): not retrieved, nothing kept")
+
+
+def _read_bounded(chunks: Iterable[bytes], bound: int) -> Optional[bytearray]:
+    """The chunks joined, or None as soon as they pass ``bound`` bytes (the rest is never read)."""
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > bound:
+            return None
+    return body
+
+
+def _first_part(body: bytearray, content_type: str) -> bytes:
+    """The first part of a multipart/related body (the body itself when it is not multipart)."""
+    media, _, params = content_type.partition(";")
+    found = re.search(r'boundary="?([^";]+)"?', params, re.IGNORECASE)
+    if media.strip().lower() != "multipart/related" or not found:
+        return bytes(body)
+    delimiter = b"--" + found[1].strip().encode("ascii", "replace")
+    start = body.find(delimiter)
+    head_end = body.find(b"\r\n\r\n", start) if start >= 0 else -1
+    if head_end < 0:
+        raise ValueError("the multipart response has no part")
+    end = body.find(b"\r\n" + delimiter, head_end + 4)
+    return bytes(body[head_end + 4: end if end >= 0 else len(body)])
+
+
+def retrieve_bounded(session, url: str, uids: tuple[str, str, str], name: str, max_bytes: int,
+                     timeout: float = 30) -> bytes:
+    """One instance (study, series, SOP instance UIDs) by WADO-RS in its stored transfer syntax, streamed:
+    :class:`ImageTooLargeError` once it passes ``max_bytes`` (memory stays within the limit)."""
+    from urllib.parse import quote
+    target = url.rstrip("/") + "/studies/{}/series/{}/instances/{}".format(*(quote(u, safe="") for u in uids))
+    with session.get(target, headers={"Accept": WADO_ACCEPT}, stream=True, timeout=timeout) as response:
+        response.raise_for_status()
+        declared = int(response.headers.get("Content-Length") or 0)
+        if declared > max_bytes + MULTIPART_SLACK:
+            raise _too_large(name, declared - MULTIPART_SLACK, max_bytes, more=True)
+        body = _read_bounded(response.iter_content(chunk_size=1 << 20), max_bytes + MULTIPART_SLACK)
+        content_type = response.headers.get("Content-Type", "")
+    if body is None:
+        raise _too_large(name, max_bytes, max_bytes, more=True)
+    data = _first_part(body, content_type)
+    if len(data) > max_bytes:
+        raise _too_large(name, len(data), max_bytes)
+    return data
+
+
+def _instances(client, url: str, study_uid: str, modalities: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(series UID, SOP instance UID) of the study's instances of these modalities (QIDO-RS)."""
+    try:
+        series = [s for m in modalities for s in client.search_for_series(study_uid, search_filters={"Modality": m})]
+    except Exception as exc:
+        raise PacsError(f"{url}: series query failed ({type(exc).__name__}: {_short(exc)})") from None
+    for se in series:
+        seuid = _value(se, "0020000E")
+        try:
+            instances = client.search_for_instances(study_uid, seuid)
+        except Exception as exc:
+            raise PacsError(f"{url}: instance query failed ({type(exc).__name__}: {_short(exc)})") from None
+        for inst in instances:
+            yield seuid, _value(inst, "00080018")
+
+
+def _pull_one(session, url: str, store, uids: tuple[str, str, str], max_bytes: int) -> Optional[str]:
+    """Retrieve one instance into the inbox; its SHA-256, or None when it was refused (a row says why)."""
     from engine.worklist.ingest import ingest
     from engine.inputs.sources import InputItem
+    name = study_name(SOURCE_DICOMWEB, uids[0], uids[2])
+    try:
+        data = retrieve_bounded(session, url, uids, name, max_bytes)
+    except ImageTooLargeError as exc:
+        log.warning("%s", exc)
+        store.add_study(None, name, source=SOURCE_DICOMWEB, read_error=str(exc))
+        return None
+    except Exception as exc:
+        store.add_study(None, name, source=SOURCE_DICOMWEB,
+                        read_error=f"{name}: WADO-RS retrieve failed ({type(exc).__name__})")
+        return None
+    ingest(store, None, [InputItem(name, lambda data=data: data)], source=SOURCE_DICOMWEB)
+    return hashlib.sha256(data).hexdigest()
+
+
+def pull(url: str, store, *, modalities: Sequence[str] = DEFAULT_MODALITIES, date_from: str = "",
+         date_to: str = "", accession: str = "", study_uid: str = "", limit: int = 200,
+         max_bytes: Optional[int] = None) -> list[str]:
+    """Retrieve the radiograph instances of matching studies into the store's inbox.
+
+    Each instance streams and is refused past ``max_bytes`` (``CXR_MAX_FILE_MB``), a row saying so.
+    Returns the SHA-256 of each instance added (already-present files are not added twice).
+    """
+    import requests
+    max_bytes = limits.MAX_FILE_BYTES if max_bytes is None else max_bytes
     client = _client(url)
     studies: dict[str, None] = {}
     for modality in modalities:
@@ -196,29 +302,12 @@ def pull(url: str, store, *, modalities: Sequence[str] = DEFAULT_MODALITIES, dat
                          study_uid=study_uid, limit=limit):
             studies.setdefault(hit.study_uid)
     shas: list[str] = []
-    for suid in studies:
-        try:
-            series = [s for m in modalities for s in client.search_for_series(suid, search_filters={"Modality": m})]
-        except Exception as exc:
-            raise PacsError(f"{url}: series query failed ({type(exc).__name__}: {_short(exc)})") from None
-        for se in series:
-            seuid = _value(se, "0020000E")
-            try:
-                instances = client.search_for_instances(suid, seuid)
-            except Exception as exc:
-                raise PacsError(f"{url}: instance query failed ({type(exc).__name__}: {_short(exc)})") from None
-            for inst in instances:
-                sop = _value(inst, "00080018")
-                name = study_name(SOURCE_DICOMWEB, suid, sop)
-                try:
-                    data = to_bytes(client.retrieve_instance(suid, seuid, sop,
-                                                             media_types=(("application/dicom", "*"),)))
-                except Exception as exc:
-                    store.add_study(None, name, source=SOURCE_DICOMWEB,
-                                    read_error=f"{name}: WADO-RS retrieve failed ({type(exc).__name__})")
-                    continue
-                ingest(store, None, [InputItem(name, lambda data=data: data)], source=SOURCE_DICOMWEB)
-                shas.append(hashlib.sha256(data).hexdigest())
+    with requests.Session() as session:
+        for suid in studies:
+            for seuid, sop in _instances(client, url, suid, modalities):
+                sha = _pull_one(session, url, store, (suid, seuid, sop), max_bytes)
+                if sha is not None:
+                    shas.append(sha)
     return shas
 
 
@@ -291,7 +380,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     s.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
     s.add_argument("--calling-aet", default="TRIAGE", help="our AE title for C-STORE")
+    o = sub.add_parser("outbox", help="list the results the receiver forwards: pending, sent, failed")
+    o.add_argument("--store", help="store folder (default: $CXR_STORE_DIR or the user's data folder)")
+    o.add_argument("--retry", action="store_true", help="make every unsent result due now")
+    o.add_argument("--limit", type=int, default=200, help="list at most this many rows, newest first")
     return p
+
+
+def _outbox(args) -> int:
+    """``outbox``: the rows, newest first (``--retry``: every unsent one due now first)."""
+    from engine.pacs.outbox import listing
+    from engine.worklist.store import Store
+    store = Store(args.store)
+    if args.retry:
+        n = store.outbox_retry()
+        print(f"{n} unsent result(s) due now: the running receiver sends them within seconds "
+              "(or the next one, at its start)", file=sys.stderr)
+    print("\n".join(listing(store.outbox(limit=args.limit), store.outbox_counts())))
+    return 0
 
 
 def _load(checkpoint: Optional[str]):
@@ -305,6 +411,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from engine.errors import CheckpointError
     from engine.worklist.store import Store
+    if args.command == "outbox":
+        return _outbox(args)
     try:
         if args.command == "query":
             for hit in query(args.url, date_from=args.date_from, date_to=args.date_to,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -133,12 +133,15 @@ def result_from_prediction(p: Prediction) -> Result:
 
 def score_files(store: Store, files: dict[str, str], predictor: Predictor, model_key: str, *,
                 progress: Optional[Progress] = None, batch_size: int = 16,
-                on_prediction: Optional[OnPrediction] = None, rescore: bool = False) -> int:
+                on_prediction: Optional[OnPrediction] = None, rescore: bool = False,
+                outbox: Optional[Mapping[str, Sequence[tuple[int, str]]]] = None) -> int:
     """Score files (sha256 -> a name for messages) that have no result for this model; keep the results.
 
     ``on_prediction(sha256, prediction)`` sees each prediction with its display copy and network
     input (to write a heatmap, a structured report); ``rescore`` scores files that already have a
-    result again (the same bytes and model give the same result: for callers that need the images).
+    result again (the same bytes and model give the same result: for callers that need the images);
+    ``outbox`` (sha256 -> (study id, destination) pairs) queues a scored file's results for sending in
+    the transaction that keeps its result, before ``on_prediction`` runs.
     """
     todo = {sha: name for sha, name in files.items()
             if sha and (rescore or store.result(sha, model_key) is None)}
@@ -150,7 +153,8 @@ def score_files(store: Store, files: dict[str, str], predictor: Predictor, model
     for sha, pred in zip(shas, stream):
         thumb = thumbnail_data_uri(pred.image.pixels) if pred.ok and pred.image is not None else ""
         store.put_result(sha, model_key, result_from_prediction(pred), thumbnail=thumb,
-                         identifiers=pred.identifiers if pred.ok else None)
+                         identifiers=pred.identifiers if pred.ok else None,
+                         outbox=(outbox or {}).get(sha, ()) if pred.ok else ())
         if on_prediction is not None:
             on_prediction(sha, pred)
     return len(shas)

@@ -17,10 +17,17 @@ files beside it, under one folder:
 * **Identifiers** (patient name, ID, birth date, accession number, institution) live in their own
   table, keyed by file, and are read only when asked for.
 * **Size** is bounded (``max_bytes``, ``CXR_STORE_MAX_MB``, 2 GB by default). :meth:`Store.evict`
-  removes whole files, least recently used first, but never a file that belongs to a study that is
-  flagged and not yet reviewed: when only those are left over the limit, it says so (the dashboard
-  shows it) and nothing is removed silently. A study whose file was evicted keeps its row, score and
-  decisions; only "open in Review" needs the file again, and says it was evicted.
+  removes whole files, least recently used first, but never a file still needed: one of a study not
+  yet scored by the model (received, acknowledged, waiting), one of a study that is flagged and not
+  yet reviewed, or one whose results wait in the outbox. When only those are left over the limit, it
+  says so (the dashboard shows it) and nothing is removed silently. A study whose file was evicted
+  keeps its row, score and decisions; only "open in Review" needs the file again, and says it was evicted.
+* **Outbox**: results to send to a PACS (the receiver's ``--forward-to``), one row per study and
+  destination, queued in the transaction that records the result and kept until sent:
+  ``pending`` (not tried yet, or due again), ``sent``, ``failed`` (the last try failed; tried again at
+  ``next_try``). ``last_error`` never holds an identifier (:mod:`engine.pacs.outbox` scrubs it).
+* **Conflicts**: a study row's ``conflict`` says when another image arrived under the same SOP
+  Instance UID with other content (the receiver keeps both rows); it is shown with the row's warnings.
 
 The location is ``$CXR_STORE_DIR``, else ``$XDG_DATA_HOME/cxr-triage``, else
 ``~/.local/share/cxr-triage``: the user's data folder, never the working directory. Every call opens
@@ -37,7 +44,7 @@ import sqlite3
 import tempfile
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -48,6 +55,7 @@ from engine.settings import settings
 
 DB_NAME = "store.sqlite3"
 REVIEW_STATUSES = ("unreviewed", "agreed", "disagreed")
+OUTBOX_STATES = ("pending", "sent", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS worklists (
@@ -72,7 +80,8 @@ CREATE TABLE IF NOT EXISTS studies (
     added       TEXT    NOT NULL,
     archived    TEXT,                              -- NULL: in the worklist; else when "Clear" archived it
     archive_batch TEXT,                            -- the Clear that archived it (what Undo restores)
-    audit       INTEGER                            -- NULL: not drawn; 1: drawn for the audit sample; 0: not drawn
+    audit       INTEGER,                           -- NULL: not drawn; 1: drawn for the audit sample; 0: not drawn
+    conflict    TEXT    NOT NULL DEFAULT ''        -- another image with the same SOP Instance UID, other content
 );
 CREATE INDEX IF NOT EXISTS studies_by_worklist ON studies (worklist_id, id);
 CREATE INDEX IF NOT EXISTS studies_by_file ON studies (sha256);
@@ -113,11 +122,26 @@ CREATE TABLE IF NOT EXISTS decisions (
     replaces    INTEGER                            -- the earlier decision this one changed (NULL: the first)
 );
 CREATE INDEX IF NOT EXISTS decisions_by_study ON decisions (study_id, id);
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id    INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+    sha256      TEXT    NOT NULL,
+    destination TEXT    NOT NULL,                  -- AET@HOST:PORT or a DICOMweb root
+    state       TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT    NOT NULL DEFAULT '',       -- never an identifier
+    next_try    TEXT    NOT NULL,
+    created     TEXT    NOT NULL,
+    sent        TEXT,
+    UNIQUE (study_id, destination)
+);
+CREATE INDEX IF NOT EXISTS outbox_by_due ON outbox (destination, state, next_try);
 """
 
 
 # Columns added after the first release, with their definitions: added in place to an older database.
-_ADDED_COLUMNS = {"studies": {"archived": "TEXT", "archive_batch": "TEXT", "audit": "INTEGER"},
+_ADDED_COLUMNS = {"studies": {"archived": "TEXT", "archive_batch": "TEXT", "audit": "INTEGER",
+                              "conflict": "TEXT NOT NULL DEFAULT ''"},
                   "decisions": {"replaces": "INTEGER"}}
 
 
@@ -174,6 +198,7 @@ class StudyRow:
     review_status: str = "unreviewed"
     on_disk: bool = True
     audit: bool = False                           # drawn into the audit sample (engine.monitoring.audit)
+    conflict: str = ""                            # another image arrived under the same SOP Instance UID
 
     @property
     def status(self) -> str:
@@ -203,7 +228,8 @@ class StudyRow:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return self.result.warnings if self.ok else ()
+        """The result's warnings (when scored), after the row's conflict warning (whatever its status)."""
+        return ((self.conflict,) if self.conflict else ()) + (self.result.warnings if self.ok else ())
 
     @property
     def metadata(self) -> StudyMetadata:
@@ -218,10 +244,41 @@ class EvictionReport:
     used_bytes: int
     max_bytes: int
     blocked_by_unreviewed: int                    # flagged, unreviewed files that were kept over the limit
+    blocked_by_unscored: int = 0                  # files not yet scored (or results not yet sent), kept
 
     @property
     def over_limit(self) -> bool:
         return self.used_bytes > self.max_bytes
+
+    def notice(self) -> str:
+        """What keeps the store over its limit, in words ("" when it is not over)."""
+        if not self.over_limit:
+            return ""
+        kept = []
+        if self.blocked_by_unreviewed:
+            kept.append(f"{self.blocked_by_unreviewed} flagged studies are not yet reviewed")
+        if self.blocked_by_unscored:
+            kept.append(f"{self.blocked_by_unscored} studies are not yet scored (or their results not yet sent)")
+        return (f"The worklist store is over its size limit ({limits.fmt_mb(self.used_bytes)} of "
+                f"{limits.fmt_mb(self.max_bytes)}): {' and '.join(kept) or 'nothing more can be removed'}, "
+                "and their files are kept until then. Review them, or ask your administrator to raise the "
+                "store's size limit (CXR_STORE_MAX_MB).")
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One study's results waiting for (or sent to) one destination."""
+
+    id: int
+    study_id: int
+    sha256: str
+    destination: str
+    state: str                                    # "pending", "sent" or "failed"
+    attempts: int
+    last_error: str
+    next_try: str
+    created: str
+    sent: Optional[str]
 
 
 def _add_missing_columns(con: sqlite3.Connection) -> None:
@@ -275,6 +332,11 @@ def default_root() -> Path:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+def _at(delay_s: float = 0.0) -> str:
+    """UTC time ``delay_s`` from now, always with microseconds (so that the text sorts as the time does)."""
+    return (datetime.now(timezone.utc) + timedelta(seconds=delay_s)).isoformat(timespec="microseconds")
 
 
 def _token_hash(token: str) -> str:
@@ -387,23 +449,41 @@ class Store:
     # -------------------------------------------------------------------------------- studies
 
     def add_study(self, worklist: Optional[Worklist], name: str, sha256: str = "", *, source: str = "upload",
-                  read_error: str = "") -> int:
+                  read_error: str = "", conflict: str = "") -> int:
         """A study row in ``worklist`` (None: the shared inbox); return its id."""
         with self._tx() as con:
-            cur = con.execute("INSERT INTO studies (worklist_id, name, sha256, source, read_error, added) "
-                              "VALUES (?, ?, ?, ?, ?, ?)",
-                              (worklist.id if worklist else None, name, sha256, source, read_error, _now()))
+            cur = con.execute("INSERT INTO studies (worklist_id, name, sha256, source, read_error, added, conflict) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              (worklist.id if worklist else None, name, sha256, source, read_error, _now(),
+                               conflict))
         return int(cur.lastrowid)
+
+    def study_id(self, worklist: Optional[Worklist], name: str, sha256: str) -> Optional[int]:
+        """The newest row of the worklist (None: the shared inbox) listing this file under this name."""
+        where = "worklist_id = ?" if worklist is not None else "worklist_id IS NULL"
+        args = (worklist.id,) if worklist is not None else ()
+        with closing(self._connect()) as con:
+            row = con.execute(f"SELECT id FROM studies WHERE {where} AND name = ? AND sha256 = ? "
+                              "AND archived IS NULL ORDER BY id DESC LIMIT 1", (*args, name, sha256)).fetchone()
+        return int(row[0]) if row else None
 
     def has_study(self, worklist: Optional[Worklist], name: str, sha256: str) -> bool:
         """Whether the worklist (None: the shared inbox) already lists this file under this name
         (an upload repeated, an image sent twice)."""
-        where = "worklist_id = ?" if worklist is not None else "worklist_id IS NULL"
-        args = (worklist.id,) if worklist is not None else ()
+        return self.study_id(worklist, name, sha256) is not None
+
+    def inbox_files_named(self, name: str) -> list[tuple[int, str]]:
+        """(row id, file SHA-256) of the inbox rows listed under ``name``, oldest first."""
         with closing(self._connect()) as con:
-            return con.execute(f"SELECT 1 FROM studies WHERE {where} AND name = ? AND sha256 = ? "
-                               "AND archived IS NULL LIMIT 1",
-                               (*args, name, sha256)).fetchone() is not None
+            return [(int(i), sha) for i, sha in con.execute(
+                "SELECT id, sha256 FROM studies WHERE worklist_id IS NULL AND name = ? AND sha256 != '' "
+                "AND archived IS NULL ORDER BY id", (name,))]
+
+    def add_conflict(self, study_id: int, text: str) -> None:
+        """Add ``text`` to a study row's conflict warning."""
+        with self._tx() as con:
+            con.execute("UPDATE studies SET conflict = CASE WHEN conflict = '' THEN ? ELSE conflict || ' | ' || ? "
+                        "END WHERE id = ?", (text, text, int(study_id)))
 
     def count_studies(self, worklist: Worklist) -> int:
         with closing(self._connect()) as con:
@@ -452,7 +532,7 @@ class Store:
             SELECT s.id, s.name, s.sha256, s.source, s.added, s.worklist_id IS NULL, s.read_error,
                    r.status, r.probability, r.message, r.warnings, r.metadata, t.data_uri,
                    (SELECT d.decision FROM decisions d WHERE d.study_id = s.id ORDER BY d.id DESC LIMIT 1),
-                   COALESCE(f.on_disk, 0), COALESCE(s.audit, 0)
+                   COALESCE(f.on_disk, 0), COALESCE(s.audit, 0), s.conflict
             FROM studies s
             LEFT JOIN results r ON r.sha256 = s.sha256 AND r.model_key = ?
             LEFT JOIN thumbnails t ON t.sha256 = s.sha256
@@ -462,14 +542,14 @@ class Store:
             rows = con.execute(query, (model_key, *args)).fetchall()
         out = []
         for (sid, name, sha, source, added, inbox, read_error, status, prob, message, warnings, metadata,
-             thumb, decision, on_disk, audit) in rows:
+             thumb, decision, on_disk, audit, conflict) in rows:
             result = None
             if status is not None:
                 result = Result(status, prob, message, tuple(json.loads(warnings)),
                                 _metadata_from_json(metadata))
             review = {"agree": "agreed", "disagree": "disagreed"}.get(decision or "", "unreviewed")
             out.append(StudyRow(int(sid), name, sha, source, added, bool(inbox), read_error, result,
-                                thumb or "", review, bool(on_disk), bool(audit)))
+                                thumb or "", review, bool(on_disk), bool(audit), conflict or ""))
         return out
 
     def version(self, worklist: Optional[Worklist]) -> tuple:
@@ -494,9 +574,14 @@ class Store:
         return Result(row[0], row[1], row[2], tuple(json.loads(row[3])), _metadata_from_json(row[4]))
 
     def put_result(self, sha256: str, model_key: str, result: Result, *, thumbnail: str = "",
-                   identifiers: Optional[PatientIdentifiers] = None) -> None:
-        """Keep one file's result for one model, its thumbnail and identifiers (apart)."""
+                   identifiers: Optional[PatientIdentifiers] = None,
+                   outbox: Sequence[tuple[int, str]] = ()) -> None:
+        """Keep one file's result for one model, its thumbnail and identifiers (apart); ``outbox``:
+        (study id, destination) pairs queued for sending in the same transaction (once per pair)."""
         with self._tx() as con:
+            now = _at()
+            con.executemany("INSERT OR IGNORE INTO outbox (study_id, sha256, destination, next_try, created) "
+                            "VALUES (?, ?, ?, ?, ?)", [(int(sid), sha256, dest, now, now) for sid, dest in outbox])
             con.execute("INSERT OR REPLACE INTO results (sha256, model_key, status, probability, message, "
                         "warnings, metadata, scored) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (sha256, model_key, result.status, result.probability, result.message,
@@ -652,34 +737,94 @@ class Store:
         with closing(self._connect()) as con:
             return int(con.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE on_disk = 1").fetchone()[0])
 
+    def _protected(self, con: sqlite3.Connection, protect_threshold: float, model_key: str
+                   ) -> tuple[set[str], set[str]]:
+        """(flagged and unreviewed, still needed) files: the second are those of studies with no result
+        for ``model_key`` yet and those whose results wait in the outbox."""
+        flagged = {r[0] for r in con.execute("""
+            SELECT s.sha256 FROM studies s JOIN results r ON r.sha256 = s.sha256 AND r.model_key = ?
+            WHERE r.status = 'ok' AND r.probability >= ?
+              AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.study_id = s.id)""",
+            (model_key, float(protect_threshold)))}
+        needed = {r[0] for r in con.execute("""
+            SELECT s.sha256 FROM studies s
+            WHERE s.sha256 != '' AND s.archived IS NULL AND s.read_error = ''
+              AND NOT EXISTS (SELECT 1 FROM results r WHERE r.sha256 = s.sha256 AND r.model_key = ?)
+            UNION SELECT sha256 FROM outbox WHERE state != 'sent'""", (model_key,))}
+        return flagged, needed - flagged
+
     def evict(self, protect_threshold: float, model_key: str) -> EvictionReport:
-        """Bring the cache under ``max_bytes``: least recently used files first, never a file of a
-        study that is flagged at ``protect_threshold`` (by ``model_key``) and not yet reviewed."""
+        """Bring the cache under ``max_bytes``: least recently used files first, never a file of a study
+        not yet scored by ``model_key``, nor of one flagged at ``protect_threshold`` and not yet reviewed,
+        nor one whose results wait in the outbox."""
         used = self.used_bytes()
         if used <= self.max_bytes:
             return EvictionReport(0, 0, used, self.max_bytes, 0)
         with closing(self._connect()) as con:
-            protected = {r[0] for r in con.execute("""
-                SELECT s.sha256 FROM studies s JOIN results r ON r.sha256 = s.sha256 AND r.model_key = ?
-                WHERE r.status = 'ok' AND r.probability >= ?
-                  AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.study_id = s.id)""",
-                (model_key, float(protect_threshold)))}
+            flagged, needed = self._protected(con, protect_threshold, model_key)
             candidates = con.execute("SELECT sha256, size FROM files WHERE on_disk = 1 ORDER BY last_used, sha256"
                                      ).fetchall()
         removed = freed = 0
         for sha, size in candidates:
             if used - freed <= self.max_bytes:
                 break
-            if sha in protected:
+            if sha in flagged or sha in needed:
                 continue
             self._file_path(sha).unlink(missing_ok=True)
             with self._tx() as con:
                 con.execute("UPDATE files SET on_disk = 0 WHERE sha256 = ?", (sha,))
             removed += 1
             freed += int(size)
-        blocked = len(protected) if used - freed > self.max_bytes else 0
-        return EvictionReport(removed, freed, used - freed, self.max_bytes, blocked)
+        if used - freed <= self.max_bytes:
+            return EvictionReport(removed, freed, used - freed, self.max_bytes, 0)
+        on_disk = {sha for sha, _ in candidates}
+        return EvictionReport(removed, freed, used - freed, self.max_bytes, len(flagged & on_disk),
+                              len(needed & on_disk))
 
+    # -------------------------------------------------------------------------------- outbox
+
+    _OUTBOX_COLUMNS = "id, study_id, sha256, destination, state, attempts, last_error, next_try, created, sent"
+
+    def outbox(self, states: Sequence[str] = OUTBOX_STATES, limit: int = 1000) -> list[OutboxEntry]:
+        """Outbox rows in these states, newest first."""
+        marks = ", ".join("?" * len(states))
+        with closing(self._connect()) as con:
+            rows = con.execute(f"SELECT {self._OUTBOX_COLUMNS} FROM outbox WHERE state IN ({marks}) "
+                               "ORDER BY id DESC LIMIT ?", (*states, int(limit))).fetchall()
+        return [OutboxEntry(*r) for r in rows]
+
+    def outbox_due(self, destination: str, *, sha256: str = "", limit: int = 100) -> list[OutboxEntry]:
+        """Unsent rows for ``destination`` whose next try is due (only ``sha256``'s if given), oldest due first."""
+        query = (f"SELECT {self._OUTBOX_COLUMNS} FROM outbox WHERE destination = ? AND state != 'sent' "
+                 "AND next_try <= ?" + (" AND sha256 = ?" if sha256 else "") + " ORDER BY next_try, id LIMIT ?")
+        args = (destination, _at(), *((sha256,) if sha256 else ()), int(limit))
+        with closing(self._connect()) as con:
+            return [OutboxEntry(*r) for r in con.execute(query, args).fetchall()]
+
+    def outbox_sent(self, entry_id: int) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = '', sent = ? "
+                        "WHERE id = ?", (_at(), int(entry_id)))
+
+    def outbox_failed(self, entry_id: int, error: str, retry_in_s: float) -> None:
+        """Record a failed try (``error`` already free of identifiers) and when to try again."""
+        with self._tx() as con:
+            con.execute("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?, next_try = ? "
+                        "WHERE id = ? AND state != 'sent'", (error[:500], _at(retry_in_s), int(entry_id)))
+
+    def outbox_retry(self, destination: str = "") -> int:
+        """Make every unsent row (for ``destination``, or all) due now; returns how many."""
+        where = "state != 'sent'" + (" AND destination = ?" if destination else "")
+        with self._tx() as con:
+            cur = con.execute(f"UPDATE outbox SET next_try = ? WHERE {where}",
+                              (_at(), *((destination,) if destination else ())))
+        return int(cur.rowcount)
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Rows per state (every state present, 0 when none)."""
+        with closing(self._connect()) as con:
+            found = dict(con.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+        return {state: int(found.get(state, 0)) for state in OUTBOX_STATES}
 
 def _metadata_from_json(text: str) -> StudyMetadata:
     data = json.loads(text or "{}")
