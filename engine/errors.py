@@ -80,5 +80,11 @@ class PacsError(EngineError, RuntimeError):
     """A PACS could not be reached, or refused (the message says which; never an identifier)."""
 
 
+class ResultNotWritable(PacsError):
+    """A scored DICOM source whose header values cannot be copied into a valid result object (a UID
+    that is not a UID, control characters or undecodable bytes in an identity attribute): no result
+    is written for it rather than one whose identity no longer matches the source's."""
+
+
 class PacsUnreachable(PacsError):
     """The PACS did not answer (down, unreachable, association refused): nothing it was sent was refused."""

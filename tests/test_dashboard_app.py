@@ -467,6 +467,7 @@ def test_performance_csv_upload_checks_columns(app):
     good = b"label,probability\nnormal,0.1\npneumonia,0.9\nNORMAL,0.7\n1,0.4\n"
     app.file_uploader(key="perf_csv").set_value([("p.csv", good, "text/csv")]).run()
     assert not app.error
+    app.slider(key="threshold").set_value(0.5).run()      # one flag at least, so that PPV is a number
     conf = M.confusion_at([0, 1, 0, 1], [0.1, 0.9, 0.7, 0.4], app.slider(key="threshold").value)
     assert _expected(conf).items() <= _shown_metrics(app).items()
 

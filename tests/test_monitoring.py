@@ -28,6 +28,7 @@ SAMPLE = ROOT / "assets" / "sample"
 SHARED = ROOT.parent / "shared" / "data"
 MODEL = periods.model_info(DEFAULT_MODEL_DIR)
 THRESHOLD = MODEL.card_threshold
+HIGH, LOW = (1 + THRESHOLD) / 2, THRESHOLD / 2      # flagged and not, whatever the card's threshold
 
 needs_shared = pytest.mark.skipif(not (SHARED / "kermany224" / "train").is_dir() or
                                   not (SHARED / "nih-cxr" / "NORMAL").is_dir(),
@@ -155,13 +156,13 @@ def test_adult_films_raise_the_input_alert_and_children_do_not(tmp_path):
 # --------------------------------------------------------------------------- (b) + the page: stop rule and banner
 
 def test_disagreements_cross_the_stop_rule_and_the_banner_appears(tmp_path, monkeypatch):
-    probs = [0.9] * 40
+    probs = [HIGH] * 40
     store, ids = scored_store(tmp_path / "store", probs)
     for sid in ids[:20]:
-        decide(store, sid, "agree", 0.9)
+        decide(store, sid, "agree", HIGH)
     assert report.refresh(store) == []                          # 20 agreements: nothing to say
     for sid in ids[20:26]:
-        decide(store, sid, "disagree", 0.9)
+        decide(store, sid, "disagree", HIGH)
     (alert,) = report.refresh(store)
     assert alert.kind == "disagreement" and alert.active
     # p0 = 0.15 (under 100 decisions), h = 3.24: each disagreement adds ln 2, so the 5th one crosses
@@ -219,10 +220,10 @@ def test_the_audit_share_is_honoured_and_marked_in_the_worklist(tmp_path):
 # --------------------------------------------------------------------------- (d) the reports
 
 def test_json_and_html_reports(tmp_path, capsys):
-    probs = [0.1, 0.9] * 30
+    probs = [LOW, HIGH] * 30
     store, ids = scored_store(tmp_path / "store", probs, warnings={3, 40})
     for sid, p in zip(ids[:10], probs):
-        decide(store, sid, "agree" if p > 0.5 else "disagree", p, reviewer="Dr Reader")
+        decide(store, sid, "agree" if p > THRESHOLD else "disagree", p, reviewer="Dr Reader")
     out = tmp_path / "out"
     assert monitor_cli.main(["--store", str(tmp_path / "store"), "--window", "20", "--json", str(out / "r.json"),
                              "--html", str(out / "r.html")]) == 0
@@ -256,9 +257,9 @@ def test_a_new_threshold_starts_a_new_period(tmp_path):
 # --------------------------------------------------------------------------- (e) clearing is recorded
 
 def test_clearing_from_the_command_line_is_recorded(tmp_path, capsys):
-    store, ids = scored_store(tmp_path / "store", [0.9] * 12)
+    store, ids = scored_store(tmp_path / "store", [HIGH] * 12)
     for sid in ids[:8]:
-        decide(store, sid, "disagree", 0.9)
+        decide(store, sid, "disagree", HIGH)
     assert [a.kind for a in report.refresh(store)] == ["disagreement"]
     d = str(tmp_path / "store")
     assert monitor_cli.main(["--store", d, "--clear", "--by", "Dr D"]) == 2          # a reason is required
@@ -269,7 +270,7 @@ def test_clearing_from_the_command_line_is_recorded(tmp_path, capsys):
     assert (a.cleared_by, a.clear_reason) == ("Dr D", "new reader onboarding") and a.cleared_at >= a.since
     assert report.refresh(store) == []                          # the sums restart at the clearing
     for sid in ids[8:12]:
-        decide(store, sid, "disagree", 0.9)
+        decide(store, sid, "disagree", HIGH)
     assert report.refresh(store) == []                          # 4 disagreements: not yet h again
     rep = report.build(store, WindowSpec.parse("10"))
     assert rep["stop_rule"]["state"] == "in use" and rep["stop_rule"]["history"][0]["cleared_by"] == \

@@ -183,3 +183,23 @@ def test_results_unsent_at_a_sigkill_are_sent_after_the_restart_once(tmp_path, d
     assert len(rows) == 3 and all(r.result is not None and r.result.status == "ok" for r in rows)
     assert again.text().count("engine.receive: scored ") == 1        # only the repeated image
     assert len(re.findall(r"outbox row \d+ sent to", again.text())) == 3     # each result sent once
+
+
+def test_a_row_whose_objects_cannot_be_written_waits_for_retry_and_never_holds_the_others(tmp_path):
+    from engine.errors import ResultNotWritable
+    store = Store(tmp_path)
+    ids = _queued(store, 3)
+    sent: list[int] = []
+
+    def build(entry):
+        if entry.study_id == ids[0]:
+            raise ResultNotWritable("inbox/0.dcm: its PatientName holds control characters (line breaks or "
+                                    "other), which its value representation forbids: no result object written")
+        return [entry.study_id]
+    courier = Courier(store, DEST, build, sent.extend)
+    assert courier.send_due() == 2 and sent == ids[1:]
+    (bad,) = store.outbox(("failed",))
+    assert bad.study_id == ids[0] and "control characters" in bad.last_error
+    assert _seconds_until(bad.next_try) > 365 * 86400           # not retried on a timer: the same file fails alike
+    assert courier.reachable and store.outbox_due(DEST) == []
+    assert store.outbox_retry(DEST) == 1                        # an operator's --retry tries it again

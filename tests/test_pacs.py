@@ -555,3 +555,84 @@ def test_text_outside_the_source_character_set_survives(sources, tmp_path):
             yield from texts(item.get("ContentSequence", []))
     text = "\n".join(texts(back.ContentSequence))
     assert "preset “sensitivity ≥ 0.95”" in text and "Dr Łukasz" in text
+
+
+def _source_with(charset: str, name: bytes, **values) -> pydicom.Dataset:
+    """A real sample's header with another Specific Character Set and raw Patient Name bytes."""
+    import io
+    ds = pydicom.dcmread(SAMPLE_DICOMS[1])
+    ds.SpecificCharacterSet = charset
+    ds[0x00100010].value = name
+    for key, value in values.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return source_header(buf.getvalue(), "probe.dcm")
+
+
+IR87_NAME = (b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B")
+
+
+def test_a_japanese_iso_2022_source_gets_results_in_utf8_with_its_name_transcoded(tmp_path):
+    src = _source_with("\\ISO 2022 IR 87", IR87_NAME)          # DICOM PS3.5 annex H's own example
+    assert str(src.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    objects = dicom_out.result_objects(src, _finding(), np.full((64, 128, 3), 90, np.uint8),
+                                       np.linspace(0, 1, 64 * 64).reshape(64, 64), name="probe.dcm")
+    assert len(objects) == 3
+    for ds in objects:
+        path = tmp_path / dicom_out.file_name(ds)
+        ds.save_as(path, enforce_file_format=True)
+        back = pydicom.dcmread(path)
+        assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == str(src.PatientName)
+        if DCIODVFY:
+            out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+            assert not [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("charset, name, values, named", [
+    ("ISO_IR 999", b"M\xfcller^Hans", {}, "ISO_IR 999"),                    # a character set DICOM lacks
+    ("ISO_IR 192", b"M\xc3\xbcller^\xff\xfeHans", {}, "does not decode"),   # not UTF-8 though it says so
+    ("ISO_IR 100", b"Smith^John\r\nEvil", {}, "control characters"),       # CR/LF in a PN
+    ("ISO_IR 100", b"Doe^Jane", {"SOPInstanceUID": "1." + "2" * 124}, "SOPInstanceUID is not a valid UID"),
+])
+def test_identity_a_result_cannot_carry_refuses_the_result_naming_file_and_attribute(charset, name, values, named):
+    src = _source_with(charset, name, **values)
+    with pytest.raises(dicom_out.ResultNotWritable) as caught:
+        dicom_out.result_objects(src, _finding(), None, name="probe.dcm")
+    message = str(caught.value)
+    assert message.startswith("probe.dcm: ") and named in message and "no result object" in message
+    assert not any(part in message for part in ("Hans", "Evil", "Jane", "2222"))    # never the value
+
+
+@needs_orthanc
+def test_the_send_command_reports_a_row_it_cannot_write_and_sends_the_rows_after_it(pacs_setup, tmp_path, capsys):
+    import io
+    from dicomweb_client.api import DICOMwebClient
+    from engine.pacs import send as pacs
+    from engine.inference.predictor import Predictor
+    from engine.inputs.sources import InputItem
+    from engine.worklist.ingest import ingest, model_key, score_files
+    from engine.worklist.store import Store
+    bad = pydicom.dcmread(SAMPLE_DICOMS[1])
+    bad.PatientName = "Smith^John\r\nEvil"                      # CR/LF: no valid SR can carry it
+    bad.SOPInstanceUID = bad.StudyInstanceUID = uid.generate_uid()
+    buf = io.BytesIO()
+    bad.save_as(buf)
+    store = Store(tmp_path / "store")
+    ingest(store, None, [InputItem("bad.dcm", lambda: buf.getvalue()),
+                         InputItem("good.dcm", lambda: SAMPLE_DICOMS[0].read_bytes())], source="pytest")
+    rows = store.studies(None, model_key())
+    key = model_key()
+    score_files(store, {r.sha256: r.name for r in rows}, Predictor.from_checkpoint(), key)
+    rows = sorted(store.studies(None, key), key=lambda r: r.name)     # bad.dcm first
+    assert [r.result.status for r in rows] == ["ok", "ok"]
+    capsys.readouterr()
+    code = pacs.main(["send", "--store", str(tmp_path / "store"), "--to", pacs_setup["orthanc"].dicomweb])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"study row {rows[0].id}: not sent: bad.dcm: its PatientName holds control characters" in err
+    assert "3 object(s) sent" in err and "for 1 of 2 study row(s)" in err and "Evil" not in err
+    good_study = str(source_header(SAMPLE_DICOMS[0].read_bytes()).StudyInstanceUID)
+    web = DICOMwebClient(pacs_setup["orthanc"].dicomweb)
+    assert web.search_for_series(good_study, search_filters={"Modality": "SR"})
+    assert not web.search_for_series(str(bad.StudyInstanceUID))

@@ -24,6 +24,6 @@ def test_numpy_and_torch_normalise_real_radiographs_alike(intensity, channels):
 
 
 def test_a_blank_image_normalises_to_zeros_not_to_noise():
-    prep = Preprocessing(image_size=8)
-    blank = np.full((2, 8, 8), 0.7, np.float32)
-    assert np.array_equal(prep.normalize_np(blank), np.zeros((2, 1, 8, 8), np.float32))
+    prep = Preprocessing(image_size=16)
+    blank = np.full((2, 16, 16), 0.7, np.float32)
+    assert np.array_equal(prep.normalize_np(blank), np.zeros((2, 1, 16, 16), np.float32))

@@ -77,13 +77,15 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.charset import python_encoding
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DT
 
 import highdicom as hd
 from engine.model.operating_point import for_study
-from engine.errors import NotDicomError  # noqa: F401  (part of this module's interface)
+from engine.errors import NotDicomError, ResultNotWritable  # noqa: F401  (part of this module's interface)
 from engine.evaluation.metrics import flagged as flag_rule
 from engine.pacs.algorithm import (MANUFACTURER, AlgorithmIdentity, coding_scheme_item, contributing_equipment,
                                    identity_for, identity_of)
@@ -172,6 +174,48 @@ def source_header(data: bytes, name: str = "the file") -> Dataset:
     return ds
 
 
+_UID_CHARS = frozenset("0123456789.")
+# Control characters are not allowed in PN, LO or SH values (ESC only as a character-set switch,
+# which pydicom has consumed when it decoded them).
+_CONTROL = frozenset(chr(c) for c in range(32)) | {"\x7f"}
+
+
+def writable_identity(source: Dataset, name: str = "the file") -> None:
+    """Refuse (ResultNotWritable, naming the attribute, never its value) a source whose identity a
+    result could not carry faithfully: a UID over 64 characters or with other than digits and dots,
+    control characters (CR, LF, ...) in an identity value, or bytes its character set does not decode
+    (pydicom turns them into U+FFFD, so the result's patient name would not match the source's)."""
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        uid = str(source.get(key, "") or "")
+        if len(uid) > 64 or not set(uid) <= _UID_CHARS:
+            raise ResultNotWritable(f"{name}: its {key} is not a valid UID ({len(uid)} characters; at most "
+                                    "64 digits and dots): no result object written")
+    unknown = [term for term in _terms(source) if term and term not in python_encoding]
+    for key in IDENTITY:
+        if key not in source or key.endswith("InstanceUID"):
+            continue
+        text = str(source[key].value or "")
+        if unknown and not text.isascii():
+            raise ResultNotWritable(f"{name}: its Specific Character Set names {', '.join(unknown)}, which "
+                                    f"DICOM does not define, and its {key} is not plain ASCII: it cannot be "
+                                    "transcoded faithfully, so no result object is written")
+        if "\ufffd" in text:
+            raise ResultNotWritable(f"{name}: its {key} holds bytes that its Specific Character Set "
+                                    f"({_charset(source)}) does not decode: no result object written")
+        if set(text) & _CONTROL:
+            raise ResultNotWritable(f"{name}: its {key} holds control characters (line breaks or other), "
+                                    "which its value representation forbids: no result object written")
+
+
+def _terms(source: Dataset) -> list[str]:
+    value = source.get("SpecificCharacterSet", "") or ""
+    return [str(v).strip() for v in value] if isinstance(value, (list, MultiValue)) else [str(value).strip()]
+
+
+def _charset(source: Dataset) -> str:
+    return "\\".join(_terms(source)) or "the default repertoire"
+
+
 def _uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
@@ -179,9 +223,10 @@ def _uid(*parts: object) -> str:
 def _evidence(source: Dataset) -> Dataset:
     """A header-only copy holding the identity, the source's UIDs and character set."""
     ev = Dataset()
-    for key in IDENTITY + ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
+    for key in IDENTITY + ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
         if key in source:
             setattr(ev, key, source[key].value)
+    ev.SpecificCharacterSet = "ISO_IR 192"       # the values are text pydicom decoded: written as UTF-8
     for key in TYPE2_IDENTITY:
         if key not in ev:
             setattr(ev, key, None)   # type 2 attributes: present, empty
@@ -464,10 +509,10 @@ def _map_geometry(source: Dataset) -> tuple[Dataset, dict]:
     and the map's plane: the source's Frame of Reference and plane when it has them, else the map's
     own Frame of Reference with a nominal plane (the module docstring)."""
     g = Dataset()
-    for key in IDENTITY + ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID",
-                           "Modality", "Rows", "Columns"):
+    for key in IDENTITY + ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "Rows", "Columns"):
         if key in source:
             setattr(g, key, source[key].value)
+    g.SpecificCharacterSet = "ISO_IR 192"
     for key in TYPE2_IDENTITY:
         if key not in g:
             setattr(g, key, None)
@@ -521,8 +566,10 @@ def heatmap_map(source: Dataset, heat: np.ndarray, finding: Finding,
 
 def result_objects(source: Dataset, finding: Finding, picture_rgb: Optional[np.ndarray],
                    heat: Optional[np.ndarray] = None,
-                   identity: Optional[AlgorithmIdentity] = None) -> list[Dataset]:
-    """The SR; the Secondary Capture when a picture is given; the Parametric Map when a heatmap is."""
+                   identity: Optional[AlgorithmIdentity] = None, name: str = "the source") -> list[Dataset]:
+    """The SR; the Secondary Capture when a picture is given; the Parametric Map when a heatmap is.
+    ResultNotWritable for a source whose identity they could not carry (:func:`writable_identity`)."""
+    writable_identity(source, name)
     out: list[Dataset] = [structured_report(source, finding, identity)]
     if picture_rgb is not None:
         out.append(heatmap_capture(source, picture_rgb, finding, identity))
@@ -602,7 +649,7 @@ class ResultWriter:
         finding = self.finding(prediction.probability, prediction.warnings, review, prediction.metadata.age_band)
         heat = self.heat(prediction)
         picture = self.picture(prediction, heat) if heat is not None else None
-        return result_objects(source, finding, picture, heat, self.identity)
+        return result_objects(source, finding, picture, heat, self.identity, name=prediction.name)
 
 
 class DicomOutFolder:
@@ -617,6 +664,7 @@ class DicomOutFolder:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.writer = ResultWriter(predictor, threshold, threshold_origin)
         self.written = self.not_dicom = self.failed = 0
+        self.reasons: list[str] = []
 
     def add(self, item, prediction) -> None:
         if not prediction.ok:
@@ -626,8 +674,13 @@ class DicomOutFolder:
         except NotDicomError:
             self.not_dicom += 1
             return
-        except Exception:
+        except ResultNotWritable as exc:       # the file and the attribute named, never the value
             self.failed += 1
+            self.reasons.append(str(exc))
+            return
+        except Exception as exc:
+            self.failed += 1
+            self.reasons.append(f"{prediction.name}: the result objects could not be written ({type(exc).__name__})")
             return
         for ds in objects:
             ds.save_as(self.folder / file_name(ds), enforce_file_format=True)
@@ -638,5 +691,5 @@ class DicomOutFolder:
         if self.not_dicom:
             text += f"; {self.not_dicom} input(s) not DICOM (no study to file results into)"
         if self.failed:
-            text += f"; {self.failed} could not be written"
+            text += f"; {self.failed} could not be written:\n  " + "\n  ".join(self.reasons)
         return text

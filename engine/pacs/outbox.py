@@ -22,12 +22,13 @@ from typing import Callable, Optional, Sequence
 
 from pydicom.dataset import Dataset
 
-from engine.errors import EngineError, PacsUnreachable
+from engine.errors import EngineError, PacsUnreachable, ResultNotWritable
 
 log = logging.getLogger("engine.receive")
 
 FIRST_BACKOFF_S = 5.0
 MAX_BACKOFF_S = 600.0
+NOT_RETRIED_S = 10 * 365 * 86400.0   # a row whose objects cannot be written waits for an explicit --retry
 # A run of digits and dots with five or more parts is a UID (an IPv4 address has four).
 _UID = re.compile(r"\d+(?:\.\d+){4,}")
 
@@ -71,6 +72,11 @@ class Courier:
         try:
             self.send((build or self.build)(entry))
         except Exception as exc:                # any failure is this row's, recorded, never raised
+            if isinstance(exc, ResultNotWritable):      # the same source fails the same way: not retried
+                self.store.outbox_failed(entry.id, _reason(exc), NOT_RETRIED_S)
+                log.warning("outbox row %d not sent: %s; not retried until `engine.pacs outbox --retry`",
+                            entry.id, _reason(exc))
+                return False
             wait = backoff_s(entry.attempts + 1)
             self.store.outbox_failed(entry.id, _reason(exc), wait)
             if isinstance(exc, PacsUnreachable):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
 from pydicom.dataset import Dataset
-from engine.errors import ImageTooLargeError, PacsError, PacsUnreachable  # noqa: F401  (this module's interface)
+from engine.errors import EngineError, ImageTooLargeError, PacsError, PacsUnreachable  # noqa: F401  (this module's interface)
 from engine.inputs import limits
 
 log = logging.getLogger(__name__)
@@ -457,14 +457,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             wanted = set(args.study_row or [])
             rows = [r for r in store.studies(None, key) if r.inbox and r.sha256 and r.result is not None
                     and r.result.status == "ok" and (not wanted or r.id in wanted)]
-            sent = 0
-            for row in rows:
+            sent, failed = 0, 0
+            for row in rows:                   # one row's failure is said and never stops the others
                 try:
                     sent += send_study_results(store, row, writer, dest, calling_aet=args.calling_aet)
                 except NotDicomError:
                     print(f"study row {row.id}: not DICOM, nothing to send", file=sys.stderr)
-            print(f"{sent} object(s) sent to {dest} for {len(rows)} study row(s)", file=sys.stderr)
-            return 0
+                except PacsUnreachable as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 4                   # the destination is down: the other rows would fail alike
+                except (EngineError, OSError) as exc:
+                    failed += 1
+                    print(f"study row {row.id}: not sent: {exc}", file=sys.stderr)
+                except Exception as exc:       # a bug in one row's objects: said, and the next row goes on
+                    failed += 1
+                    print(f"study row {row.id}: not sent: the result objects could not be written "
+                          f"({type(exc).__name__})", file=sys.stderr)
+            print(f"{sent} object(s) sent to {dest} for {len(rows) - failed} of {len(rows)} study row(s)"
+                  + (f"; {failed} not sent (above)" if failed else ""), file=sys.stderr)
+            return 1 if failed else 0
     except PacsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
