@@ -189,6 +189,23 @@ def heatmap(model_key: str, sha256: str, method: str, _explainer, _model_input: 
     return _explainer.explain_images([_model_input], method=method)[0]
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def viewer_payload(model_key: str, sha256: str, image_size: int, method: str, colormap: str, opacity: float,
+                   min_heat: float, name: str, overlay_caption: str, _imgs: StudyImages, _heat: np.ndarray) -> dict:
+    """What Review's viewer is sent for a study and display settings (cached: a rerun on the same study
+    does not pack its pixels again)."""
+    from dashboard import viewer
+    from dashboard.imaging import png_data_uri
+    from engine.inference.overlay import colour_scale
+    meta = _imgs.image.metadata
+    dicom = _imgs.raw is not None
+    return viewer.viewer_data(
+        _imgs.raw if dicom else _imgs.display, study=sha256[:16], name=name, dicom_units=dicom,
+        monochrome1=(meta.photometric_interpretation or "") == "MONOCHROME1" if dicom else False,
+        header_window=(meta.window_center, meta.window_width), heatmap=_heat, colormap=colormap, opacity=opacity,
+        min_heat=min_heat, overlay_caption=overlay_caption, scale_uri=png_data_uri(colour_scale(colormap, 256, 10)))
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def evaluation_folder(path: str, stamp: str) -> EvaluationFolder:
     return load_evaluation_folder(path)

@@ -8,6 +8,7 @@ Patient identifiers are kept in their own columns and leave this module only thr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -82,6 +83,30 @@ def _date(value) -> str:
     """A DICOM date (YYYYMMDD) as YYYY-MM-DD; anything else as given (or empty)."""
     text = str(value or "")
     return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+OUT_OF_POPULATION = "outside the training population: "
+
+
+def short_warning(text: str) -> str:
+    """A warning in a few words for a table cell or a one-line notice: its first clause, without the
+    parenthesis that details it ("outside the training population: the patient is an adult (18 or
+    older); the model was trained on ..." -> "out of population: the patient is an adult"). The full
+    text stays in the CSV, the Review page's notice tooltip and the study's history panel."""
+    text = str(text).strip()
+    lead = ""
+    if text.startswith(OUT_OF_POPULATION):
+        lead, text = "out of population: ", text[len(OUT_OF_POPULATION):]
+    else:
+        head, sep, rest = text.partition(": ")
+        text = head if sep and len(head) >= 12 else text
+    text = re.sub(r"\s*\([^()]*\)", "", text.split(";", 1)[0])
+    return lead + text.strip()
+
+
+def short_warnings(joined: str) -> str:
+    """Every warning of a " | "-joined cell in its short form (see :func:`short_warning`)."""
+    return " | ".join(short_warning(w) for w in str(joined or "").split(" | ") if w.strip())
 
 
 def with_identifiers(df: pd.DataFrame, lookup) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pytest
 
 from browser_helpers import (ARTIFACTS, CHROMIUM, MODEL_TIMEOUT_MS, RERUN_TIMEOUT_MS, ROOT,
                              THRESHOLD_SLIDER, ServerMessageGate, choose, exceptions, grid_rows, metric,
-                             metric_box, metric_delta, parse_float, scoring_seen, screenshot, start_server,
+                             metric_box, parse_float, scoring_seen, screenshot, start_server,
                              stop_server, threshold, wait_grid_rows, wait_idle, watch_for_scoring)
 
 pytestmark = [
@@ -224,32 +224,48 @@ def test_triage_threshold_and_review_in_a_real_browser(page, server, batch):
     page.get_by_role("button", name="Open in Review").click()
     page.get_by_role("heading", name="Review", exact=True).wait_for()
     page.wait_for_url("**/review?*")
-    main = page.get_by_test_id("stMain")
-    images = main.locator('[data-testid="stImage"]')
-    page.wait_for_function("""() => {
-        const imgs = [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')];
-        return imgs.length >= 2 && imgs.slice(0, 2).every(i => i.complete && i.naturalWidth > 0);
-    }""", timeout=MODEL_TIMEOUT_MS)                                    # Grad-CAM runs for this study
+    viewer = page.locator('[data-testid="cxrWindowViewer"]')
+    page.locator('[data-testid="cxrWindowViewer"][data-ready]').wait_for(timeout=MODEL_TIMEOUT_MS)  # Grad-CAM ran
     wait_idle(page, MODEL_TIMEOUT_MS)
     assert_no_exception(page, "Review")
     assert DICOM.name in page.get_by_role("combobox", name="Study").input_value()
-    original, overlay = images.nth(0), images.nth(1)
-    assert DICOM.name in original.inner_text()
-    assert "Grad-CAM overlay" in overlay.inner_text()
-    for img in (original, overlay):
-        w, h = img.locator("img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    original, overlay = page.get_by_label("Radiograph", exact=True), page.get_by_label("Heatmap overlay")
+    for canvas in (original, overlay):
+        w, h = canvas.evaluate("c => [c.width, c.height]")
         assert w > 0 and h > 0
     a, b = original.bounding_box(), overlay.bounding_box()
     assert abs(a["y"] - b["y"]) < 5 and b["x"] >= a["x"] + 0.9 * a["width"], ("not side by side", a, b)
     assert a["width"] > 200 and b["width"] > 200, (a, b)
+    assert f"{DICOM.name} (WC 15000 / WW 30000)" in viewer.inner_text()
+    assert "Grad-CAM overlay" in viewer.inner_text()
+    agree = page.get_by_role("button", name="Agree Shortcut A")
+    assert agree.bounding_box()["y"] < a["y"] and a["y"] + a["height"] <= 900, \
+        ("the decision and the images are not in one screen", agree.bounding_box(), a)
+
+    # ---- window/level: arrow keys on the width slider redraw in the browser, without a rerun
+    page.evaluate("""() => {
+        const app = document.querySelector('[data-testid="stApp"]');
+        window.__runs = 0;
+        new MutationObserver(() => { if (app.dataset.testScriptState === 'running') window.__runs++; })
+            .observe(app, {attributes: true});
+    }""")
+    centre = "c => Array.from(c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data)"
+    before = original.evaluate(centre)
+    width = page.get_by_label("Window width", exact=True)
+    width.focus()
+    for _ in range(20):
+        width.press("ArrowLeft")
+    page.locator('[data-testid="cxrWindowViewer"][data-window="15000/29800"]').wait_for()   # 20 steps of 10
+    assert original.evaluate(centre) != before, "the window moved but the image did not change"
+    assert page.evaluate("window.__runs") == 0, "a window step reran the page"
+    assert_no_exception(page, "Review (window/level)")
 
     p = probs[DICOM.name]
     shown_thr = threshold(page)
-    assert metric(page, "P(pneumonia)") == f"{p:.3f}"
-    assert metric(page, "Threshold") == shown_thr
-    assert metric_delta(page, "At this threshold") == f"{p - float(shown_thr):+.3f} vs threshold"
     verdict = "FLAGGED" if p >= float(shown_thr) else "not flagged"
-    assert metric(page, "At this threshold") == verdict
+    status = page.get_by_test_id("stMain").get_by_test_id("stMarkdown").filter(has_text="P(pneumonia)").inner_text()
+    assert status.startswith(f"P(pneumonia) {p:.3f}") and shown_thr in status and verdict in status, status
+    assert f"({p - float(shown_thr):+.3f} vs threshold)" in status, status
     shot_review = screenshot(page, "03_review.png")
     assert_no_exception(page, "Review (after the screenshot)")
 
@@ -270,10 +286,11 @@ def test_the_threshold_set_on_triage_holds_on_review(page, server):
     choose(page, "Open a study in Review (or select a row above)", DICOM.name)
     page.get_by_role("button", name="Open in Review").click()
     page.get_by_role("heading", name="Review", exact=True).wait_for()
-    metric_box(page, "Threshold").wait_for(timeout=MODEL_TIMEOUT_MS)
+    status = page.get_by_test_id("stMain").get_by_test_id("stMarkdown").filter(has_text="P(pneumonia)")
+    status.wait_for(timeout=MODEL_TIMEOUT_MS)
     wait_idle(page, MODEL_TIMEOUT_MS)
     assert_no_exception(page, "Review")
-    assert (metric(page, "Threshold"), threshold(page)) == ("1.000", "1.000")
+    assert "operating point Custom (slider) — 1.000" in status.inner_text() and threshold(page) == "1.000"
 
 
 def test_two_quick_slider_moves_keep_the_slider_value(page, server):

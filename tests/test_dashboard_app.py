@@ -105,6 +105,12 @@ def decision_button(at: AppTest, decision: str):
     return next(b for b in at.button if b.key and b.key.startswith(f"review_{decision}_"))
 
 
+def viewer_data(at: AppTest) -> dict:
+    """What Review's window/level viewer (dashboard/viewer.py) was sent in the last run."""
+    [element] = at.get("bidi_component")
+    return json.loads(element.proto.json)
+
+
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -323,8 +329,15 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     assert decision_button(app, "agree").key.endswith(dicom_sha[:16])          # bound to the study shown
     assert app.session_state["review_sha"] == dicom_sha
     app.switch_page("views/review.py")      # AppTest does not follow st.switch_page for later runs
-    captions = [c for img in app.image for c in img.captions]
-    assert len(app.image) == 4 and any("heat 0 → 1" in c for c in captions) and any("overlay" in c for c in captions) and any("alone" in c for c in captions)
+    view = viewer_data(app)                 # the radiograph and overlay: window/level drawn in the browser
+    raw = read_image(DICOM.read_bytes(), DICOM.name).modality_values
+    assert view["study"] == dicom_sha[:16] and view["monochrome1"] and view["unit"] == "in the DICOM's own units"
+    assert view["presets"][0] == ["Header (WC 15000 / WW 30000)", 15000.0, 30000.0]
+    assert all(str(c) == str(round(c)) + ".0" for _, c, _ in view["presets"])      # no 12475.53348388672
+    assert raw.min() <= view["lo"] < view["hi"] <= raw.max()       # the display-size copy of the file's values
+    assert view["overlay"].startswith("data:image/png;base64,") and "opacity 0.40" in view["overlay_caption"]
+    assert [c for img in app.image for c in img.captions] == [next(c for img in app.image for c in img.captions
+                                                                   if "alone" in c)]   # only the heat alone
     assert calls.explained == 1                                   # only the study under review
 
     header = frame_with(app, "field").set_index("field")["value"]
@@ -335,9 +348,10 @@ def test_review_heatmap_header_identifiers_and_log(app, calls, tmp_path):
     assert ids.patient_name in frame_with(app, "identifier")["value"].tolist()
 
     app.slider(key="rv_opacity").set_value(0.8).run()
-    assert any("opacity 0.80" in c for img in app.image for c in img.captions)
+    assert "opacity 0.80" in viewer_data(app)["overlay_caption"]
     app.slider(key="rv_min_heat").set_value(0.5).run()
-    assert any("heat ≥ 0.50" in c for img in app.image for c in img.captions)
+    assert "heat ≥ 0.50" in viewer_data(app)["overlay_caption"]
+    assert viewer_data(app)["pixels"] == view["pixels"] and viewer_data(app)["overlay"] != view["overlay"]
     app.toggle(key="rv_linked").set_value(True).run()                # linked zoom: one figure, two views
     linked = json.loads(app.get("plotly_chart")[0].proto.spec)
     assert [d["type"] for d in linked["data"]] == ["image", "image"]

@@ -341,6 +341,72 @@ def test_window_level_in_the_dicoms_own_units_with_presets_and_invert():
     assert set(np.unique(narrow[(raw < 14000) | (raw > 16000)])) <= {0.0, 1.0}    # outside the window: clipped
 
 
+def test_window_values_are_shown_at_the_precision_of_their_range():
+    cr = imaging.WindowScale.of(890.4, 26493.2)                     # a CR's values: steps of 10, no decimals
+    assert (cr.step, cr.decimals, cr.fmt(12475.53348388672), cr.round(12475.53348388672)) == (10, 0, "12476", 12476)
+    display = imaging.WindowScale.of(0.0, 1.0)                       # a JPEG's 0-1 display scale
+    assert (display.step, display.decimals, display.fmt(0.5)) == (0.001, 3, "0.500")
+    raw = np.linspace(890.4, 26493.2, 10_000).reshape(100, 100)
+    presets = imaging.window_presets(raw, 12475.53348388672, 24000.123)
+    assert list(presets)[0] == "Header (WC 12476 / WW 24000)" and presets[list(presets)[0]] == (12476, 24000)
+    assert all(v == round(v) for pair in presets.values() for v in pair)
+    assert not any("." in label for label in presets)
+
+
+def test_study_values_reach_the_browser_exactly_or_within_half_a_step():
+    import zlib
+
+    def unpack(payload: str, lo: float, unit: float, shape) -> np.ndarray:
+        planes = np.frombuffer(zlib.decompress(base64.b64decode(payload)), np.uint8)
+        n = planes.size // 2
+        return lo + ((planes[:n].astype(np.uint32) << 8) | planes[n:]).reshape(shape) * unit
+
+    ints = np.random.default_rng(0).integers(803, 26512, (64, 48)).astype(np.float32)
+    payload, unit = imaging.packed_values(ints, float(ints.min()), float(ints.max()))
+    assert unit == 1.0 and np.array_equal(unpack(payload, float(ints.min()), unit, ints.shape), ints)
+    floats = np.random.default_rng(1).random((64, 48)).astype(np.float32)
+    payload, unit = imaging.packed_values(floats, 0.0, 1.0)
+    assert unit == pytest.approx(1 / 65535)
+    assert np.abs(unpack(payload, 0.0, unit, floats.shape) - floats).max() <= unit / 2 + 1e-9
+
+
+def test_the_heat_layer_drawn_over_the_window_is_the_engines_overlay():
+    from engine.inference.overlay import overlay_heatmap, to_gray_rgb
+    img = read_image(JPEGS[0].read_bytes(), JPEGS[0].name).pixels
+    heat = cv2.resize(np.random.default_rng(2).random((7, 7)).astype(np.float32), (224, 224))
+    for opacity, min_heat in ((0.4, 0.0), (0.8, 0.5)):
+        layer = imaging.heat_layer(heat, img.shape[:2], colormap="jet", opacity=opacity, min_heat=min_heat)
+        alpha = layer[..., 3:].astype(np.float64) / 255          # what the browser's canvas does (source-over)
+        drawn = to_gray_rgb(img) * (1 - alpha) + layer[..., :3] * alpha
+        engine = overlay_heatmap(img, heat, colormap="jet", opacity=opacity, min_value=min_heat)
+        assert np.abs(drawn - engine).max() <= 1.5                 # alpha in 8 bits: within one grey level
+
+
+def test_the_viewer_is_sent_the_values_presets_and_heat_of_one_study():
+    from dashboard.viewer import viewer_data
+    image = read_image(ROOT / "assets" / "sample" / "dicom" / "cr_chest_pa_mono1_j2k.dcm")
+    raw, meta = image.modality_values[::8, ::8], image.metadata
+    data = viewer_data(raw, study="abc", name="cr.dcm", dicom_units=True, monochrome1=True,
+                       header_window=(meta.window_center, meta.window_width), heatmap=np.ones((7, 7), np.float32))
+    assert (data["width"], data["height"], data["monochrome1"]) == (raw.shape[1], raw.shape[0], True)
+    assert data["presets"][0] == ["Header (WC 15000 / WW 30000)", 15000.0, 30000.0] and data["decimals"] == 0
+    assert data["overlay"].startswith("data:image/png;base64,")
+    jpeg = viewer_data(read_image(JPEGS[0].read_bytes(), JPEGS[0].name).pixels, study="j", name="a.jpeg",
+                       dicom_units=False, monochrome1=False)
+    assert jpeg["presets"] == [["Full range (0 to 1)", 0.5, 1.0]] and (jpeg["lo"], jpeg["hi"]) == (0.0, 1.0)
+    assert jpeg["overlay"] is None and jpeg["unit"] == "on the 0-1 display scale"
+
+
+def test_short_warnings_keep_the_first_clause():
+    long = ("outside the training population: the patient is an adult (18 or older); the model was trained on "
+            "frontal chest radiographs of children aged about 1 to 5 (Kermany et al., 2018)")
+    assert W.short_warning(long) == "out of population: the patient is an adult"
+    assert W.short_warning("Modality CT is not a radiograph (CR/DX/DR): the model was trained on chest "
+                           "radiographs; treat the probability with caution") == "Modality CT is not a radiograph"
+    assert W.short_warnings(long + " | every pixel has the same value: the image is blank") == \
+        "out of population: the patient is an adult | every pixel has the same value"
+
+
 def test_one_read_and_one_hash_per_file_from_upload_to_score(store, monkeypatch):
     """An upload is read once and hashed once; scoring reads the cached copy once and decodes it once."""
     import hashlib as real_hashlib

@@ -12,7 +12,7 @@ from engine.inference.overlay import COLORMAPS, colour_scale
 from engine.worklist.store import DecisionExists, StoreError
 from engine.evaluation import metrics as M
 
-from dashboard import figures, imaging, pacs_panel, resources, state
+from dashboard import figures, imaging, pacs_panel, resources, state, viewer, worklist
 from dashboard.review_queue import ReviewQueue
 from engine.settings import settings
 
@@ -102,9 +102,12 @@ def _reviewer_prompt() -> bool:
     """Ask for the reader's name before the first decision; True when there is one."""
     if state.worklist().reviewer:
         return True
-    st.text_input("Your name, recorded with each decision (asked once for this worklist)", key="review_reviewer",
-                  max_chars=80, placeholder="e.g. Dr A. Reader", on_change=_set_reviewer)
-    st.warning("Enter your name to record decisions.", icon=":material/person:")
+    r1, r2 = st.columns([2, 3], vertical_alignment="center")     # one line: the images keep their height
+    r1.text_input("Your name, recorded with each decision (asked once for this worklist)", key="review_reviewer",
+                  max_chars=80, placeholder="Your name, e.g. Dr A. Reader", on_change=_set_reviewer,
+                  label_visibility="collapsed")
+    r2.markdown(":orange[:material/person: Enter your name to record decisions (asked once for this worklist; "
+                "it is recorded with each decision).]")
     return False
 
 
@@ -210,8 +213,10 @@ def render() -> None:
     model_label = f"{pred.card.name} {pred.card.version}".strip()
     _decision_bar(rec, model_label, thr, queue)         # first: it arrives with the study's name
     shown = _study_view(rec, item, sha, ref, pred, thr)
-    with st.expander("Decision history, heatmap alone and the study header", expanded=False):
+    with st.expander("Decision history, warnings in full, heatmap alone and the study header", expanded=False):
         _history(rec)
+        for w in rec.warnings:
+            st.caption(f":material/warning: {w}")
         if shown is not None:
             image, alone = shown
             h1, h2 = st.columns(2)
@@ -226,13 +231,13 @@ def render() -> None:
 
 def _display_settings() -> tuple[str, str, float, bool, float]:
     """The Display expander's values as the last run left them (its widgets are drawn below the images,
-    so the images and the decision stay in view when it is open)."""
+    so the images and the decision stay in view when it is open; window/level is in the viewer's own bar)."""
     ss = st.session_state
     return (ss.get("rv_method", METHODS[0]), ss.get("rv_cmap", next(iter(COLORMAPS))), float(ss.get("rv_opacity", 0.4)),
             bool(ss.get("rv_linked", False)), float(ss.get("rv_min_heat", 0.2)))
 
 
-def _display_controls() -> None:
+def _display_controls(linked: bool) -> None:
     d1, d2, d3, d4 = st.columns(4)
     d1.selectbox("Explanation", METHODS, key="rv_method", persist_state="session", format_func=lambda m: METHOD_NAMES.get(m, m),
                  help="Grad-CAM is fast; the others take seconds on a CPU.")
@@ -242,50 +247,54 @@ def _display_controls() -> None:
               help="Leaves the radiograph untinted where the explanation is weak (heat is scaled 0-1 per "
                    "image); 0 tints the whole film.")
     st.toggle("Full resolution, linked zoom and pan (original and overlay move together)", key="rv_linked", persist_state="session",
-              help="The file's own pixels (up to 4,096 a side): slower to draw than the side-by-side copies.")
+              help="The file's own pixels (up to 4,096 a side): slower to draw than the side-by-side copies"
+                   + ("" if linked else ", and its window/level is set here on the server, not in the browser") + ".")
+
+
+def _status_line(p: float, thr: float) -> None:
+    """The probability and the verdict at the threshold in force, on one line (the images keep the height)."""
+    flagged = M.flagged(p, thr)
+    st.markdown(f"**P(pneumonia) {p:.3f}** · operating point {state.operating_point_label()} · "
+                f"**{'FLAGGED' if flagged else 'not flagged'}** ({p - thr:+.3f} vs threshold)",
+                help="The model's probability of pneumonia; a study is flagged when probability ≥ threshold.")
 
 
 def _study_view(rec, item, sha: str, ref, pred, thr: float):
-    """Probability, warnings, the radiograph beside its heatmap overlay, then the display controls.
-    Returns (decoded image, heatmap alone), or None when the study cannot be displayed."""
+    """Probability, warnings, the radiograph beside its heatmap overlay (window/level in the browser), then
+    the display controls. Returns (decoded image, heatmap alone), or None when the study cannot be displayed."""
     for k, v in (("rv_method", METHODS[0]), ("rv_cmap", next(iter(COLORMAPS))), ("rv_opacity", 0.4),
                  ("rv_min_heat", 0.2), ("rv_linked", False)):
         st.session_state.setdefault(k, v)
     method, cmap, opacity, linked, min_heat = _display_settings()
-    p = rec.probability
-    s1, s2, s3 = st.columns([2, 2, 3])
-    s1.metric("P(pneumonia)", f"{p:.3f}", help="Probability of pneumonia from the model")
-    s2.metric("Threshold", f"{thr:.3f}", help=f"Operating point in force: {state.operating_point_label()}")
-    s3.metric("At this threshold", "FLAGGED" if M.flagged(p, thr) else "not flagged",
-              delta=f"{p - thr:+.3f} vs threshold", delta_color="off")
-    for w in rec.warnings:
-        st.warning(w, icon=":material/warning:")
+    _status_line(rec.probability, thr)
+    if rec.warnings:       # one line; the full text is in the panel below the images
+        st.warning(" · ".join(worklist.short_warning(w) for w in rec.warnings) + " (details under the images)",
+                   icon=":material/warning:")
     try:
         load = resources.study_full_resolution if linked else resources.study_images
         imgs = load(sha, pred.prep.image_size, item, pred.prep)
     except (ImageReadError, OSError) as exc:
         st.error(f"Cannot display this study: {exc}")
         return None
+    heat = resources.heatmap(ref.key, sha, method, resources.explainer(ref), imgs.model_input)
+    overlay_text = f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, heat ≥ {min_heat:.2f})"
+    if not linked:
+        viewer.show(resources.viewer_payload(ref.key, sha, pred.prep.image_size, method, cmap, opacity, min_heat,
+                                             rec.name, overlay_text, imgs, heat))
+        with st.expander("Display: explanation, colours, full resolution", expanded=False, icon=":material/tune:"):
+            _display_controls(linked)
+        return imgs.image, imaging.heat_alone(heat, imgs.display.shape[:2], cmap)
     panel = st.container()
     with st.expander("Display: window/level, explanation, colours", expanded=False, icon=":material/tune:"):
         shown, window_text = _window_controls(imgs, sha)
-        _display_controls()
-    heat = resources.heatmap(ref.key, sha, method, resources.explainer(ref), imgs.model_input)
+        _display_controls(linked)
     original, overlay, alone = imaging.review_panels(shown, heat, colormap=cmap, opacity=opacity, min_heat=min_heat)
-    overlay_text = f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, heat ≥ {min_heat:.2f})"
-    if linked:
-        panel.plotly_chart(figures.linked_views(original, overlay, ("Original", "Overlay")),
-                           key="rv_linked_views", config={"scrollZoom": True, "displaylogo": False})
-        h, w = original.shape[:2]
-        panel.caption(f"Original: {rec.name} ({window_text}, {w:,} x {h:,} px) · overlay: {overlay_text} · drag "
-                      "to zoom, double-click to reset; both views move together")
-        panel.image(colour_scale(cmap, 256, 10), width=300, caption="heat 0 → 1: evidence for pneumonia")
-    else:
-        c1, c2 = panel.columns(2)
-        c1.image(original, caption=f"{rec.name} ({window_text})", width="stretch")
-        c2.image(overlay, caption=overlay_text, width="stretch")
-        c2.image(colour_scale(cmap, 256, 10), width="stretch",
-                 caption="heat 0 → 1: evidence for pneumonia, scaled within this image")
+    panel.plotly_chart(figures.linked_views(original, overlay, ("Original", "Overlay")),
+                       key="rv_linked_views", config={"scrollZoom": True, "displaylogo": False})
+    h, w = original.shape[:2]
+    panel.caption(f"Original: {rec.name} ({window_text}, {w:,} x {h:,} px) · overlay: {overlay_text} · drag "
+                  "to zoom, double-click to reset; both views move together")
+    panel.image(colour_scale(cmap, 256, 10), width=300, caption="heat 0 → 1: evidence for pneumonia")
     return imgs.image, alone
 
 
@@ -307,24 +316,24 @@ def _window_controls(imgs, sha: str):
                            help="Display only: the model always sees the full range.")
         width = w2.slider("Window width", 0.05, 1.0, 1.0, 0.01, key=f"rv_width_{key}")
         return imaging.window_level(imgs.display, center, width), f"window {center:.2f} / {width:.2f}"
-    presets = imaging.window_presets(imgs.raw, meta.window_center, meta.window_width)
+    scale = imaging.WindowScale.of(float(imgs.raw.min()), float(imgs.raw.max()))
+    presets = imaging.window_presets(imgs.raw, meta.window_center, meta.window_width, scale=scale)
     first_center, first_width = next(iter(presets.values()))
     st.session_state.setdefault(f"rv_wc_{key}", first_center)
     st.session_state.setdefault(f"rv_ww_{key}", first_width)
-    lo, hi = float(imgs.raw.min()), float(imgs.raw.max())
-    span = max(hi - lo, 1.0)
     w0, w1, w2, w3 = st.columns([3, 2, 2, 1], vertical_alignment="bottom")
     w0.selectbox("Window preset", list(presets), key=f"rv_wl_preset_{key}", on_change=_apply_preset,
                  args=(key, presets), help="In the DICOM's own units (after the rescale slope/intercept).")
-    center = w1.number_input("Window centre", value=None, key=f"rv_wc_{key}", step=span / 100, format="%g")
-    width = w2.number_input("Window width", value=None, key=f"rv_ww_{key}", min_value=1e-3, step=span / 100,
-                            format="%g")
+    fmt = f"%.{scale.decimals}f"
+    center = w1.number_input("Window centre", value=None, key=f"rv_wc_{key}", step=scale.step * 10, format=fmt)
+    width = w2.number_input("Window width", value=None, key=f"rv_ww_{key}", min_value=scale.step,
+                            step=scale.step * 10, format=fmt)
     invert = w3.checkbox("Invert", key=f"rv_invert_{key}")
     center = first_center if center is None else float(center)
     width = first_width if width is None else float(width)
     shown = imaging.window_units(imgs.raw, center, width, invert=invert,
                                  monochrome1=(meta.photometric_interpretation or "") == "MONOCHROME1")
-    return shown, f"WC {center:g} / WW {width:g}" + (", inverted" if invert else "")
+    return shown, f"WC {scale.fmt(center)} / WW {scale.fmt(width)}" + (", inverted" if invert else "")
 
 
 def _export_section(store) -> None:
