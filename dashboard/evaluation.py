@@ -166,6 +166,15 @@ def subgroups_of(study: StudyRow, class_names: Sequence[str] = DEFAULT_CLASS_NAM
             "age band": md.age_band or "unknown"}
 
 
+def interval_text(low: float, high: float, digits: int = 3) -> str:
+    """A 95% interval as shown ("0.359–0.996"), or "" when there is none to show: not estimable (NaN), or of
+    no width at the precision shown (a bootstrap on a handful of cases collapses to one value, and
+    "0.800–0.800" would read as certainty)."""
+    if not (np.isfinite(low) and np.isfinite(high)) or round(high, digits) <= round(low, digits):
+        return ""
+    return f"{low:.{digits}f}–{high:.{digits}f}"
+
+
 def sensitivity_specificity(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Sensitivity and specificity at ``threshold`` with exact (Clopper-Pearson) 95% intervals as text,
     the columns every comparison table shows (NaN and "" for a class that is absent)."""
@@ -203,7 +212,8 @@ def subgroup_metrics(ls: LabelledSet, threshold: float, min_size: int = 1) -> pd
 
 
 def per_file(ls: LabelledSet, threshold: float) -> pd.DataFrame:
-    """One row per scored study: file, label, probability, flag and outcome (TP/FP/FN/TN) at ``threshold``,
+    """One row per scored study: file, label, probability, flagged (yes/no, as every results CSV says it)
+    and outcome (TP/FP/FN/TN) at ``threshold``,
     errors (false positives, then false negatives) first, each by how wrong it is."""
     y, s = ls.labels, ls.scores
     flagged = M.flagged(s, threshold)
@@ -211,7 +221,7 @@ def per_file(ls: LabelledSet, threshold: float) -> pd.DataFrame:
     files = list(ls.files) if len(ls.files) == len(y) else [f"#{i + 1}" for i in range(len(y))]
     shas = list(ls.sha256s) if len(ls.sha256s) == len(y) else [""] * len(y)
     df = pd.DataFrame({"file": files, "label": np.where(y == 1, "pneumonia", "normal"), "probability": s,
-                       "flagged": flagged, "outcome": outcome, "sha256": shas})
+                       "flagged": np.where(flagged, "yes", "no"), "outcome": outcome, "sha256": shas})
     rank = df["outcome"].map({"FP": 0, "FN": 1, "TP": 2, "TN": 3})
     wrongness = np.where(df["outcome"] == "FP", -s, s)          # most confident mistakes first
     return df.assign(_r=rank, _w=wrongness).sort_values(["_r", "_w"]).drop(columns=["_r", "_w"]).reset_index(drop=True)
@@ -240,6 +250,7 @@ class EvaluationFolder:
     scores: np.ndarray
     model: str = ""                     # "<name> <version>" from model_card.json, if present
     card: dict = field(default_factory=dict)
+    files: tuple[str, ...] = ()         # predictions.csv's file column, when it has one
 
 
 def find_evaluation_folders(root: Union[str, Path]) -> list[Path]:
@@ -280,20 +291,35 @@ def load_evaluation_folder(folder: Union[str, Path]) -> EvaluationFolder:
             model = f"{card.get('name') or card.get('architecture', '')} {card.get('version', '')}".strip()
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             card, model = {}, "(unreadable model_card.json)"
-    return EvaluationFolder(path, path.name, metrics, preds.labels, preds.scores, model, card)
+    return EvaluationFolder(path, path.name, metrics, preds.labels, preds.scores, model, card, preds.files)
+
+
+def same_data(evals: Sequence[EvaluationFolder]) -> bool:
+    """Whether every evaluation scored the same cases: the same files with the same labels in its
+    predictions.csv (the rule of the paired tests), whatever path metrics.json gives for the data (one
+    manifest copied to two folders is the same data; two splits in one folder are not). Without file
+    names, the labels in order and the size must match."""
+    if len(evals) < 2:
+        return True
+    key = lambda e: (sorted(zip(e.files, e.labels.tolist())) if len(e.files) == e.labels.size  # noqa: E731
+                     else [("", int(v)) for v in e.labels.tolist()])
+    first = key(evals[0])
+    return all(key(e) == first for e in evals[1:])
 
 
 def compare_table(evals: Sequence[EvaluationFolder]) -> pd.DataFrame:
-    """One row per evaluation: the metrics.json values, AUC interval, model and folder."""
+    """One row per evaluation: the metrics.json values, AUC interval, model (its short label, as every page
+    names it), data and folder."""
+    from dashboard.labels import short_label
     rows = []
     for e in evals:
         m = e.metrics
         ci = m.get("auc_ci_95") or [np.nan, np.nan]
-        row = {"evaluation": e.name, "model": e.model}
+        row = {"evaluation": e.name, "model": short_label(e.model)}
         for c in COMPARE_COLUMNS:
             v = m.get(c)
             row[c] = float(v) if isinstance(v, (int, float)) and c != "n" else v
-        row["auc_ci_95"] = (f"{ci[0]:.3f} – {ci[1]:.3f}"
+        row["auc_ci_95"] = (interval_text(float(ci[0]), float(ci[1]))
                             if len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci) else "")
         data = m.get("data_dir")
         row["data"] = (f"{Path(str(data)).name}" + (f" / {m['split']}" if m.get("split") else "")) if data else ""

@@ -18,7 +18,7 @@ import pandas as pd
 
 from engine.evaluation import metrics as M
 
-from dashboard.evaluation import LabelledSet, sensitivity_specificity
+from dashboard.evaluation import LabelledSet, interval_text, sensitivity_specificity
 
 CARD_FILE = "model_card.json"
 
@@ -59,7 +59,7 @@ def comparison_table(models: Sequence[ScoredModel], n_resamples: int = 1000) -> 
         both = ls.both_classes
         auc = M.roc_auc(ls.labels, ls.scores) if both else np.nan
         lo, hi = M.bootstrap_ci(ls.labels, ls.scores, M.roc_auc, n_resamples=n_resamples) if both else (np.nan, np.nan)
-        rows.append({"model": m.name, "n": ls.n, "auc": auc, "auc 95% CI": f"{lo:.3f} – {hi:.3f}" if both else "",
+        rows.append({"model": m.name, "n": ls.n, "auc": auc, "auc 95% CI": interval_text(lo, hi) if both else "",
                      "threshold": m.threshold, **sensitivity_specificity(ls.labels, ls.scores, m.threshold),
                      "flagged": int(M.flagged(ls.scores, m.threshold).sum())})
     return pd.DataFrame(rows)

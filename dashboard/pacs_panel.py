@@ -100,7 +100,7 @@ def pacs_source(store) -> int:
             except pacs.PacsError as exc:
                 st.error(str(exc))
             st.session_state.pop(state.PACS_HITS, None)
-            st.success(f"{added} image(s) retrieved into the inbox; they are scored below.")
+            st.success(f"{added} image{'' if added == 1 else 's'} retrieved into the inbox; they are scored below.")
             return added
     return 0
 
@@ -160,4 +160,4 @@ def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "")
     except (EngineError, OSError) as exc:   # an evicted file (StoreError says so), a decoder refusal
         st.error(f"Not sent: {exc}")
     else:
-        st.success(f"Sent {n} object(s) to {dest}.")
+        st.success(f"Sent {n} object{'' if n == 1 else 's'} to {dest}.")

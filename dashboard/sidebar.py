@@ -13,7 +13,7 @@ from engine.inputs.paths import PathNotAllowed, confine
 from engine.evaluation.site import list_profiles
 from engine.errors import CheckpointError
 
-from dashboard import resources, state
+from dashboard import labels, resources, state
 
 NOTICE = ("**Decision support and research only; not a diagnostic device.** It flags chest "
           "radiographs for review. A clinician makes every diagnosis.")
@@ -37,7 +37,8 @@ def _model_section() -> resources.ModelRef:
         ref = resources.model_ref(None)
         pred = resources.predictor(ref)
     card = pred.card
-    st.markdown(f"**{card.name or card.architecture}** v{card.version}  \n"
+    st.markdown(f"**{labels.display_label(card)}**  \n"
+                f"{card.name or card.architecture}  \n"
                 f"architecture `{card.architecture}` · input {card.preprocessing.image_size} px  \n"
                 f"{'shipped default' if ref.is_default else ref.path}")
     st.caption(f"Device and precision: {pred.policy.label}")
@@ -48,8 +49,7 @@ def _threshold_section(ref: resources.ModelRef) -> None:
     card = resources.predictor(ref).card
     st.subheader("Decision threshold")
     state.sync_threshold(ref.key, card.threshold)
-    model_label = f"{card.name} {card.version}".strip()
-    sites = {state.site_preset_name(p): p.threshold for p in list_profiles() if p.model == model_label}
+    sites = {state.site_preset_name(p): p.threshold for p in list_profiles() if p.model == labels.model_label(card)}
     presets = resources.presets(ref, card, sites)
     options = state.register_presets(presets)
     st.selectbox("Operating point", options, key=state.PRESET, on_change=state.apply_preset, persist_state="session",

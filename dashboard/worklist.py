@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,8 @@ BASE_COLUMNS = ("thumbnail", "file", "probability", "status", "reason", "warning
 DISPLAY_COLUMNS = ("thumbnail", "file", "probability", "flag", "review", "audit", "reason", "warnings", "study_date",
                    "age_band", "modality", "view_position")
 AUDIT_TEXT = "audit"     # an unflagged study drawn into the audit sample (engine.monitoring.audit): to review
-WORKLIST_EXPORT_COLUMNS = ("review", "study_date", "age_band", "body_part", "format")   # after the results columns
+WORKLIST_EXPORT_COLUMNS = ("review", "reviewer", "decided_at_utc", "study_date", "age_band", "body_part",
+                           "format")   # after the results columns
 VIEWS = ("All", "Flagged", "Not flagged", "Unreadable")
 FLAG_TEXT = {True: "FLAGGED", False: "not flagged"}
 # a 1x1 transparent PNG: an unreadable file's thumbnail cell stays empty instead of saying "None"
@@ -168,6 +169,9 @@ def view(df: pd.DataFrame, threshold: float, show: str = "All", thumbnails: bool
     out.insert(cols.index("probability") + 1, "flag", flag_column(df, threshold))
     # A warning is visible in the row itself, next to the flag, however narrow the Warnings column is.
     out.insert(cols.index("probability") + 2, "warn", ["⚠" if w else "" for w in df["warnings"].fillna("")])
+    out["warnings"] = [short_warnings(w) for w in out["warnings"].fillna("")]   # in full: the CSV, Review
+    out["details"] = [" · ".join(v for v in row if v) for row in
+                      out[["modality", "view_position", "age_band", "study_date"]].fillna("").itertuples(index=False)]
     if show == "Flagged":
         out = out[out["flag"] == FLAG_TEXT[True]]
     elif show == "Not flagged":
@@ -175,6 +179,19 @@ def view(df: pd.DataFrame, threshold: float, show: str = "All", thumbnails: bool
     elif show == "Unreadable":
         out = out[out["flag"] == UNREADABLE_TEXT]
     return out
+
+
+GRID_COLUMNS = ("thumbnail", "file", "probability", "flag", "warn", "review", "audit", "reason", "details",
+                "warnings")
+OPTIONAL_COLUMNS = ("warn", "audit", "reason", "details", "warnings")     # shown only when a row fills them
+
+
+def grid_columns(table: pd.DataFrame) -> list[str]:
+    """The columns the worklist grid shows for a :func:`view`: the study's header fields in one "details"
+    cell, and the optional columns only when a row has something in them (an upload with nothing
+    unreadable has no "Unreadable because" column), so that the grid fits the screen."""
+    return [c for c in GRID_COLUMNS if c in table.columns
+            and (c not in OPTIONAL_COLUMNS or table[c].fillna("").astype(str).ne("").any())]
 
 
 def unreadable(df: pd.DataFrame) -> pd.DataFrame:
@@ -193,22 +210,54 @@ def readable_shas(df: pd.DataFrame) -> list[str]:
 
 
 
+def utc_time(iso: str) -> str:
+    """A stored time (ISO 8601 with its offset) in UTC, as every page and export shows it:
+    "2026-12-04 06:30 UTC" (the column or the text says UTC; the store keeps UTC)."""
+    from datetime import datetime, timezone
+    try:
+        return datetime.fromisoformat(str(iso)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return str(iso)
+
+
+def decisions_by_sha(decisions_csv: str) -> dict[str, tuple[str, str]]:
+    """The decision in force on each study of a store's decisions CSV (``Store.decisions_csv``): its file's
+    SHA-256 -> (reviewer, time in UTC as ISO 8601 with a Z)."""
+    import csv
+    import io
+    from datetime import datetime, timezone
+    out = {}
+    for row in csv.DictReader(io.StringIO(decisions_csv)):
+        if row.get("status", "current").startswith("current"):
+            try:
+                at = datetime.fromisoformat(row["time"]).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            except ValueError:
+                at = row["time"]
+            out[row["file_sha256"]] = (row["reviewer"].removeprefix("'"), at)
+    return out
+
+
 def export_csv(df: pd.DataFrame, threshold: float, model: str, include_identifiers: bool = False,
-               operating_point: str = "") -> str:
+               operating_point: str = "", decisions: Optional[dict[str, tuple[str, str]]] = None) -> str:
     """The worklist as CSV: the results row the CLI and the archive write (``engine.worklist.csvsafe.result_row``:
-    same columns, formats and flag rule; "message" says why a file has no probability), then the
-    worklist's own columns; identifier columns only when ``include_identifiers`` (fill them first with
-    :func:`with_identifiers`)."""
+    same columns, flag rule and yes/no flags; "message" says why a file has no probability) with the
+    probability at 4 decimals, then the worklist's own columns: the review, who decided and when
+    (``decisions``: see :func:`decisions_by_sha`; UTC, as the column says); identifier columns only when
+    ``include_identifiers`` (fill them first with :func:`with_identifiers`)."""
     columns = [*csvsafe.RESULT_COLUMNS, *WORKLIST_EXPORT_COLUMNS,
                *(IDENTIFIER_COLUMNS if include_identifiers else ())]
+    decided = decisions or {}
     rows = []
     for r in df.to_dict("records"):
+        probability = None if pd.isna(r["probability"]) else float(r["probability"])
         row = csvsafe.result_row(
             file=r["file"], status=r["status"], message=r["reason"],
-            probability=None if pd.isna(r["probability"]) else float(r["probability"]), threshold=threshold,
+            probability=probability, threshold=threshold,
             model=model, warnings=[r["warnings"]] if r["warnings"] else [], modality=r["modality"],
             view_position=r["view_position"], sha256=r["sha256"],
             identifiers={c: r[c] for c in IDENTIFIER_COLUMNS} if include_identifiers else None,
             operating_point=operating_point)
-        rows.append({**row, **{c: r[c] for c in WORKLIST_EXPORT_COLUMNS}})
+        reviewer, at = decided.get(r["sha256"], ("", "")) if r["review"] != "unreviewed" else ("", "")
+        rows.append({**row, **{c: r[c] for c in WORKLIST_EXPORT_COLUMNS if c in r},
+                     "reviewer": reviewer, "decided_at_utc": at})
     return csvsafe.rows_csv(columns, rows)

@@ -173,7 +173,7 @@ def test_triage_threshold_and_review_in_a_real_browser(page, server, batch):
     assert flagged + not_flagged + unreadable == files == len(batch)
     assert flagged == expected_flagged(list(probs.values()), float(thr0))
     # the unreadable file again, with its reason, under "could not be scored"
-    expander = page.get_by_test_id("stExpander").filter(has_text="1 file(s) could not be scored")
+    expander = page.get_by_test_id("stExpander").filter(has_text="1 file could not be scored")
     expander.wait_for()
     bad_grid = expander.locator('[data-testid="stDataFrame"]')
     wait_grid_rows(bad_grid, 1)

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard.labels import display_label, short_label
 from engine.evaluation import metrics as M
 from engine.evaluation.site import load_profile
 from engine.model.checkpoint import DEFAULT_MODEL_DIR, read_card
@@ -565,7 +566,7 @@ def test_compare_two_evaluation_folders(app, tmp_path, monkeypatch):
     table = frame_with(app, "auc").set_index("evaluation").loc[["strong", "weak"]]
     assert table.loc["strong", "auc"] == pytest.approx(good["auc"])
     assert table.loc["weak", "sensitivity"] == pytest.approx(weak["sensitivity"])
-    assert table.loc["strong", "model"] == f"{CARD.name} {CARD.version}"    # from model_card.json
+    assert table.loc["strong", "model"] == short_label(f"{CARD.name} {CARD.version}")   # from model_card.json
     spec = json.loads(app.get("plotly_chart")[-1].proto.spec)
     names = [t["name"] for t in spec["data"]]
     assert f"strong (AUC {good['auc']:.3f})" in names and f"weak (AUC {weak['auc']:.3f})" in names
@@ -575,29 +576,31 @@ def test_compare_scores_checkpoints_on_a_labelled_folder(app, tmp_path, monkeypa
     monkeypatch.setenv("CXR_MODELS_ROOT", str(tmp_path / "models"))
     tiny = (tmp_path / "models" / "tiny").resolve()
     write_tiny_checkpoint(tiny, seed=3)
+    # each checkpoint is named by its card, as every page names a model; the shipped one is marked
+    tiny_name, shipped_name = display_label(read_card(tiny)), display_label(CARD) + " · shipped"
     app.switch_page("views/compare.py").run()
-    assert "models/tiny" in app.multiselect(key="cmp_ckpts").options         # found under the models root
+    assert tiny_name in app.multiselect(key="cmp_ckpts").options             # found under the models root
     app.multiselect(key="cmp_ckpts").select(str(tiny)).run()
     app.text_input(key="cmp_folder").input("kermany").run()                 # under the data root
     app.button(key="cmp_score").click().run()
     assert not app.exception, [e.message for e in app.exception]
     table = frame_with(app, "auc 95% CI").set_index("model")
-    assert list(table.index) == ["shipped default model", "models/tiny"]
+    assert list(table.index) == [shipped_name, tiny_name]
     # the sample images were among the shipped model's training images: the page says so
-    assert any(w.value.startswith("shipped default model:") and "not a held-out evaluation" in w.value
+    assert any(w.value.startswith(f"{shipped_name}:") and "not a held-out evaluation" in w.value
                for w in app.warning)
     # the shipped model's row is the engine's own scores of these images, labelled by their folders
     files = sorted((SAMPLE / "kermany").glob("*/*.jpeg"))
     labels = np.array([1 if f.parent.name == "PNEUMONIA" else 0 for f in files])
     probs = np.array([p.probability for p in Predictor.from_checkpoint(DEFAULT_MODEL_DIR).predict_stream(
         iter_inputs([str(f) for f in files]))])
-    shipped = table.loc["shipped default model"]
+    shipped = table.loc[shipped_name]
     assert shipped["n"] == len(files) and shipped["auc"] == pytest.approx(M.roc_auc(labels, probs), abs=1e-6)
     assert shipped["threshold"] == pytest.approx(CARD.threshold)
     assert shipped["sensitivity"] == pytest.approx(M.confusion_at(labels, probs, CARD.threshold).sensitivity)
     delong = frame_with(app, "A − B")                                        # paired, on the same files
     assert len(delong) == 1 and delong["A − B"].iloc[0] == pytest.approx(
-        shipped["auc"] - table.loc["models/tiny", "auc"], abs=1e-9)
+        shipped["auc"] - table.loc[tiny_name, "auc"], abs=1e-9)
 
 
 # --------------------------------------------------------------------------- review safety (issue 19)

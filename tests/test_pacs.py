@@ -537,7 +537,7 @@ def test_dashboard_pulls_from_the_pacs_and_sends_a_reviewed_study_back(pacs_setu
     assert not at.button(key="send_pacs").disabled
     at.button(key="send_pacs").click().run()
     assert not at.exception, [e.message for e in at.exception]
-    assert any(s.value.startswith("Sent 3 object(s)") for s in at.success), [e.value for e in at.error]
+    assert any(s.value.startswith("Sent 3 objects") for s in at.success), [e.value for e in at.error]
 
 
 def test_text_outside_the_source_character_set_survives(sources, tmp_path):

@@ -38,7 +38,7 @@ def _clear(store) -> None:
     except StoreError as exc:
         st.session_state[FLASH] = ("error", str(exc))
         return
-    st.session_state[FLASH] = ("success", f"Stop rule cleared ({n} alert(s)); the record keeps your name and reason.")
+    st.session_state[FLASH] = ("success", f"Stop rule cleared ({n} alert{'' if n == 1 else 's'}); the record keeps your name and reason.")
     st.session_state[CLEAR_REASON] = ""
 
 
@@ -117,7 +117,7 @@ def render() -> None:
     _stop_rule(store, rep)
     _inputs(rep)
     for title, fig in figures(rep):
-        st.plotly_chart(fig, key=f"mon_fig_{title}")
+        st.plotly_chart(fig, key=f"mon_fig_{title}", config={"displayModeBar": False, "displaylogo": False})
     _readers(rep)
     public = lambda: _report(str(store.root), report.signature(store), window, minute, False, first, store)  # noqa: E731
     d1, d2 = st.columns(2)

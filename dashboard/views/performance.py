@@ -16,10 +16,10 @@ from engine.inputs.sources import items_from_uploads, iter_inputs
 
 from engine.errors import ImageReadError
 
-from dashboard import figures, imaging, resources, state
+from dashboard import figures, imaging, labels, resources, state
 from dashboard.batch import MAX_FILES, score_items
-from dashboard.evaluation import (LabelledDataError, LabelledSet, labelled_set_from_records, metrics_table,
-                                  per_file, subgroup_metrics, subgroups_of)
+from dashboard.evaluation import (LabelledDataError, LabelledSet, interval_text, labelled_set_from_records,
+                                  metrics_table, per_file, subgroup_metrics, subgroups_of)
 from engine.worklist.ingest import cached_item
 
 SOURCES = ("Model's validation predictions", "Predictions CSV", "Images in class folders",
@@ -69,13 +69,25 @@ def _site_profile_section(ls: LabelledSet, model_label: str, source: str) -> Non
     msg = st.session_state.pop(state.SITE_MESSAGE, None)
     if msg:
         getattr(st, msg[0])(msg[1])
+
+
+def _profiles_table() -> None:
+    """The saved site profiles, across the page (a half-width column cut its right columns off)."""
     profiles = list_profiles()
-    if profiles:
-        st.dataframe({"profile": [p.name for p in profiles], "threshold": [round(p.threshold, 4) for p in profiles],
-                      "rule": [p.rule for p in profiles], "model": [p.model for p in profiles],
-                      "cases (pneumonia/normal)": [f"{p.n_pneumonia}/{p.n_normal}" for p in profiles],
-                      "reliable": ["yes" if p.reliable else "no: too few cases" for p in profiles]},
-                     hide_index=True, key="site_profiles")
+    if not profiles:
+        return
+    st.caption("Saved site profiles (every model's; the sidebar lists those of the model in use)")
+    st.dataframe({"profile": [p.name for p in profiles], "threshold": [round(p.threshold, 3) for p in profiles],
+                  "rule": [p.rule for p in profiles], "cases": [f"{p.n_pneumonia}/{p.n_normal}" for p in profiles],
+                  "reliable": ["yes" if p.reliable else "no: too few" for p in profiles],
+                  "model": [labels.short_label(p.model) for p in profiles]},
+                 hide_index=True, key="site_profiles", column_config={
+                     "profile": st.column_config.TextColumn("Profile", width=220),
+                     "threshold": st.column_config.NumberColumn("Threshold", format="%.3f", width=90),
+                     "rule": st.column_config.TextColumn("Rule", width=200),
+                     "cases": st.column_config.TextColumn("Cases", width=90, help="pneumonia/normal cases it was fitted on"),
+                     "reliable": st.column_config.TextColumn("Reliable", width=90),
+                     "model": st.column_config.TextColumn("Model", width=180)})
 
 
 def _reviewed_source() -> Optional[LabelledSet]:
@@ -86,12 +98,12 @@ def _reviewed_source() -> Optional[LabelledSet]:
     if not decisions:
         st.info("No reviewed studies in your worklist yet: record decisions on the Review page.")
         return None
-    labels, scores = labels_from_decisions(decisions)
+    truth, scores = labels_from_decisions(decisions)
     names = {d["study_id"]: d["name"] for d in decisions}          # in the order labels_from_decisions keeps
     batch = resources.worklist_batch(state.worklist(), state.model_ref().key)     # cached; not re-read
     stored = {r.id: r for r in batch.records} if batch is not None else {}
     groups = tuple(subgroups_of(stored[i]) if i in stored else {} for i in names)
-    return LabelledSet(f"your {len(labels)} reviewed studies", labels, scores, tuple(names.values()),
+    return LabelledSet(f"your {labels.plural(len(truth), 'reviewed study', 'reviewed studies')}", truth, scores, tuple(names.values()),
                        subgroups=groups)
 
 
@@ -165,13 +177,13 @@ def render() -> None:
     if ls is None:
         return
     if ls.skipped:
-        with st.expander(f"{len(ls.skipped)} file(s) left out"):
+        with st.expander(f"{labels.plural(len(ls.skipped), 'file')} left out"):
             st.dataframe({"file: reason": list(ls.skipped)}, hide_index=True)
     if not ls.both_classes:
-        st.error(f"{ls.name}: {ls.n} studies, {ls.n_positive} with pneumonia. The metrics need both "
+        st.error(f"{ls.name}: {labels.plural(ls.n, 'study')}, {ls.n_positive} with pneumonia. The metrics need both "
                  "classes present.")
         return
-    st.caption(f"{ls.name}: {ls.n:,} studies ({ls.n_positive:,} pneumonia, {ls.n - ls.n_positive:,} normal). "
+    st.caption(f"{ls.name}: {labels.plural(ls.n, 'study')} ({ls.n_positive:,} pneumonia, {ls.n - ls.n_positive:,} normal). "
                f"Threshold {thr:.3f} from the sidebar; flag rule probability ≥ threshold.")
     held_out = _held_out_note(ref, ls)
     if held_out:
@@ -182,10 +194,11 @@ def render() -> None:
     table = metrics_table(ls, thr)
     cols = st.columns(len(table))
     for col, row in zip(cols, table.itertuples()):
-        interval = "—" if np.isnan(row.ci_low) else f"{row.ci_low:.3f}–{row.ci_high:.3f}"
+        interval = interval_text(row.ci_low, row.ci_high)
         col.metric(row.metric, "—" if np.isnan(row.value) else f"{row.value:.3f}",
-                   help=f"95% interval {interval} (exact Clopper-Pearson for proportions, bootstrap for F1)")
-        col.caption(f"95% CI {interval}")
+                   help=f"95% interval {interval or 'not shown: too few cases'} (exact Clopper-Pearson for "
+                        "proportions, bootstrap for F1)")
+        col.caption(f"95% CI {interval}" if interval else "no interval: too few cases")
     k = st.columns(4)
     for col, (label, v) in zip(k, (("True positives", conf.tp), ("False positives", conf.fp),
                                    ("False negatives", conf.fn), ("True negatives", conf.tn))):
@@ -202,17 +215,18 @@ def render() -> None:
     ece = M.expected_calibration_error(y, s)
     point = (1 - conf.specificity, conf.sensitivity)
     g1, g2 = st.columns(2)
-    g1.plotly_chart(figures.confusion_figure(conf, card.class_names, thr), key="fig_confusion")
+    g1.plotly_chart(figures.confusion_figure(conf, card.class_names, thr), key="fig_confusion", config=figures.CHART_CONFIG)
     g2.plotly_chart(figures.roc_figure(fpr, tpr, auc, point, thr, n_negative=ls.n - ls.n_positive),
-                    key="fig_roc")
+                    key="fig_roc", config=figures.CHART_CONFIG)
     g3, g4 = st.columns(2)
     g3.plotly_chart(figures.pr_figure(precision, recall, ap, ls.n_positive / ls.n,
-                                      (conf.sensitivity, conf.ppv)), key="fig_pr")
-    g4.plotly_chart(figures.histogram_figure(y, s, thr, card.class_names), key="fig_hist")
+                                      (conf.sensitivity, conf.ppv)), key="fig_pr", config=figures.CHART_CONFIG)
+    g4.plotly_chart(figures.histogram_figure(y, s, thr, card.class_names), key="fig_hist", config=figures.CHART_CONFIG)
     g5, g6 = st.columns(2)
-    g5.plotly_chart(figures.calibration_figure(bins, ece), key="fig_calibration")
+    g5.plotly_chart(figures.calibration_figure(bins, ece), key="fig_calibration", config=figures.CHART_CONFIG)
     with g6:
-        _site_profile_section(ls, f"{card.name} {card.version}".strip(), _source_label(ls))
+        _site_profile_section(ls, labels.model_label(card), _source_label(ls))
+    _profiles_table()
 
 
 def _subgroup_section(ls: LabelledSet, thr: float) -> None:
@@ -226,10 +240,15 @@ def _subgroup_section(ls: LabelledSet, thr: float) -> None:
     small = int((table[["normal", "pneumonia"]].min(axis=1) < 30).sum())
     with st.expander(f"Metrics per subgroup at {thr:.3f} ({len(table)} groups)", icon=":material/groups:"):
         if small:
-            st.caption(f"{small} group(s) have fewer than 30 cases of a class: their intervals are wide and "
+            st.caption(f"{labels.plural(small, 'group')} {'has' if small == 1 else 'have'} fewer than 30 cases of a class: their intervals are wide and "
                        "their estimates unreliable.")
         st.dataframe(table, hide_index=True, key="perf_subgroups", column_config={
-            c: st.column_config.NumberColumn(format="%.3f") for c in ("auc", "sensitivity", "specificity")})
+            "subgroup": st.column_config.TextColumn("Subgroup", width=90),
+            "value": st.column_config.TextColumn("Value", width=130),
+            **{c: st.column_config.NumberColumn(c.capitalize(), width=70) for c in ("n", "normal", "pneumonia")},
+            **{c: st.column_config.NumberColumn(c.upper() if c == "auc" else c.capitalize(), format="%.3f", width=80)
+               for c in ("auc", "sensitivity", "specificity")},
+            **{f"{c} 95% CI": st.column_config.TextColumn("95% CI", width=110) for c in ("sensitivity", "specificity")}})
 
 
 def _case_view(case_name: str, sha: str, probability: float, thr: float) -> None:
@@ -254,8 +273,9 @@ def _errors_section(ls: LabelledSet, thr: float) -> None:
     """The false positives and false negatives at this threshold, one click from Review; per-file export."""
     table = per_file(ls, thr)
     errors = table[table["outcome"].isin(["FP", "FN"])]
-    with st.expander(f"Errors at {thr:.3f}: {int((errors['outcome'] == 'FP').sum())} false positives, "
-                     f"{int((errors['outcome'] == 'FN').sum())} false negatives", expanded=False):
+    n_fp, n_fn = int((errors["outcome"] == "FP").sum()), int((errors["outcome"] == "FN").sum())
+    with st.expander(f"Errors at {thr:.3f}: {labels.plural(n_fp, 'false positive')}, "
+                     f"{labels.plural(n_fn, 'false negative')}", expanded=False):
         reviewable = bool(ls.sha256s)
         if reviewable:
             st.caption("Select a row to see that case beside its heatmap here (it is not added to any worklist).")
@@ -268,7 +288,7 @@ def _errors_section(ls: LabelledSet, thr: float) -> None:
             kind = "false positive" if row["outcome"] == "FP" else "false negative"
             _case_view(f"Case {rows[0] + 1} ({kind})", row["sha256"], float(row["probability"]), thr)
         st.download_button("Download per-file results (CSV)", icon=":material/download:", key="perf_export",
-                           data=lambda: frame_csv(table.drop(columns=["sha256"])),
+                           data=lambda: frame_csv(table.drop(columns=["sha256"]), float_format="%.4f"),
                            file_name="per_file_results.csv", mime="text/csv", on_click="ignore")
 
 

@@ -12,7 +12,7 @@ from engine.inference.overlay import COLORMAPS, colour_scale
 from engine.worklist.store import DecisionExists, StoreError
 from engine.evaluation import metrics as M
 
-from dashboard import figures, imaging, pacs_panel, resources, state, viewer, worklist
+from dashboard import figures, imaging, labels, pacs_panel, resources, state, viewer, worklist
 from dashboard.review_queue import ReviewQueue
 from engine.settings import settings
 
@@ -127,7 +127,7 @@ def _decision_bar(rec, model_label: str, thr: float, queue: ReviewQueue) -> None
         b1.markdown(f"**{'Agreed' if last['decision'] == 'agree' else 'Disagreed'}**")
         b2.button("Change my decision", key=f"review_change_{key}", on_click=_ask_change, args=(rec.id,),
                   icon=":material/edit:", width="stretch")
-        b4.caption(f"Decided by {last['reviewer'] or 'an unnamed reviewer'} at {_local_time(last['time'])}"
+        b4.caption(f"Decided by {last['reviewer'] or 'an unnamed reviewer'} at {worklist.utc_time(last['time'])}"
                    + (f" · changed {len(earlier) - 1}x" if len(earlier) > 1 else ""))
     else:
         args = (rec.id, rec.name, "agree", rec.probability, model_label, thr, queue, rec.sha256)
@@ -152,19 +152,14 @@ def _history(rec) -> None:
         st.caption("Not reviewed yet.")
         return
     table = pd.DataFrame(earlier).assign(
-        time=lambda d: d["time"].map(_local_time),
+        time=lambda d: d["time"].map(worklist.utc_time),
         status=lambda d: ["changed later" if c else ("current (changed)" if r is not None and r == r else "current")
                           for c, r in zip(d["changed_later"], d["replaces"])])
     st.dataframe(table[["time", "reviewer", "decision", "status", "note", "probability", "threshold"]],
-                 hide_index=True, key="file_reviews")
-
-
-def _local_time(iso: str) -> str:
-    from datetime import datetime
-    try:
-        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    except ValueError:
-        return iso
+                 hide_index=True, key="file_reviews", column_config={
+                     "time": st.column_config.TextColumn("Time (UTC)", width=150),
+                     "probability": st.column_config.NumberColumn(format="%.4f"),
+                     "threshold": st.column_config.NumberColumn(format="%.4f")})
 
 
 def render() -> None:
@@ -210,7 +205,7 @@ def render() -> None:
     if rec is None or item is None:
         st.error("This study is no longer in the worklist.")
         return
-    model_label = f"{pred.card.name} {pred.card.version}".strip()
+    model_label = labels.model_label(pred.card)
     _decision_bar(rec, model_label, thr, queue)         # first: it arrives with the study's name
     shown = _study_view(rec, item, sha, ref, pred, thr)
     with st.expander("Decision history, warnings in full, heatmap alone and the study header", expanded=False):
@@ -340,7 +335,7 @@ def _export_section(store) -> None:
     """Decisions as CSV: this worklist's (the reviewer's own), or everyone's where the deployment allows."""
     everyone = settings().shared_review_export
     data = store.decisions_csv(None if everyone else state.worklist())
-    st.download_button("Download " + ("everyone's decisions" if everyone else "your decisions") + " (CSV)",
+    st.download_button("Download " + ("everyone's decisions" if everyone else "your decisions") + " (CSV, times in UTC)",
                        data=data, file_name="review_decisions.csv", mime="text/csv", icon=":material/download:",
                        key="log_csv", on_click="ignore")
 

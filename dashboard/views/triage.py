@@ -6,8 +6,8 @@ import threading
 
 import streamlit as st
 
-from dashboard import pacs_panel, resources, state, upload_spool, worklist
-from dashboard.batch import (MAX_ARCHIVE_BYTES, MAX_FILE_BYTES, MAX_FILES, Upload, fmt_mb, ingest_uploads,
+from dashboard import labels, pacs_panel, resources, state, upload_spool, worklist
+from dashboard.batch import (MAX_ARCHIVE_BYTES, MAX_FILE_BYTES, MAX_FILES, MB, Upload, fmt_mb, ingest_uploads,
                              score_worklist)
 
 REVIEW_PAGE = "views/review.py"
@@ -48,7 +48,7 @@ def _clear_controls(store, wl, n_studies: int, slot) -> None:
     and the archived rows stay in the store after that."""
     if st.session_state.get(_CONFIRM_CLEAR):
         with slot.container(border=True):
-            st.warning(f"Clear the worklist? Its {n_studies:,} studies and your decisions on them leave this "
+            st.warning(f"Clear the worklist? Its {labels.plural(n_studies, 'study')} and your decisions on them leave this "
                        "worklist (they are archived, not deleted, and Undo brings them back).")
             y, n = st.columns(2)
             y.button("Yes, clear the worklist", key="clear_confirm", type="primary", on_click=_clear,
@@ -79,13 +79,20 @@ def _release_freed_memory() -> None:
         pass
 
 
+def upload_limits_text() -> str:
+    """The limits as the uploader states them: the box under it shows the per-file limit Streamlit enforces
+    (a ZIP's, the largest upload), so the label says what an image may weigh."""
+    return (f"an image up to {MAX_FILE_BYTES / MB:,.0f} MB; a ZIP of them, the largest upload, up to "
+            f"{MAX_ARCHIVE_BYTES / MB:,.0f} MB")
+
+
 def _uploader():
     return st.file_uploader(
-        "Chest radiographs: DICOM (.dcm or no extension), JPEG, PNG, or ZIP archives of them "
-        f"(up to {fmt_mb(MAX_FILE_BYTES)} per image, {fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP)",
-        accept_multiple_files=True, key=state.uploader_key(),
+        f"Chest radiographs: DICOM (.dcm or no extension), JPEG, PNG, or ZIP archives of them ({upload_limits_text()})",
+        accept_multiple_files=True, key=state.uploader_key(), max_upload_size=MAX_ARCHIVE_BYTES // MB,
         help=f"Up to {MAX_FILES:,} studies per worklist. The content decides the format, not the extension. "
-             "Files go to the worklist store and the uploader empties.")
+             "Files go to the worklist store and the uploader empties. A larger image is listed as refused, "
+             "with the reason.")
 
 
 def _ingest_and_score(store, wl, files, pred, ref) -> None:
@@ -114,8 +121,8 @@ def _eviction_notice(store, thr: float, ref) -> None:
 def _summary(df, thr: float, store, wl, model_label: str) -> None:
     """The header line with Clear, the four counts, and the refusal notice."""
     h1, h2 = st.columns([4, 1], vertical_alignment="center")
-    h1.caption(f"{len(df):,} studies in your worklist, kept on this server for this page's link (a reload "
-               "or a restart keeps them). Scored by " + model_label + ".")
+    h1.caption(f"{labels.plural(len(df), 'study')} in your worklist, kept on this server for this page's link (a reload "
+               "or a restart keeps them). Scored by " + labels.short_label(model_label) + ".")
     _clear_controls(store, wl, len(df), h2)
     c = worklist.counts(df, thr)
     m1, m2, m3, m4 = st.columns(4)
@@ -125,30 +132,32 @@ def _summary(df, thr: float, store, wl, model_label: str) -> None:
     m4.metric("Files", f"{c.total:,}")
     refused = df["status"].eq("refused").sum()
     if refused:
-        st.warning(f"{refused} file(s) refused by a limit ({MAX_FILES:,} images per batch, "
+        st.warning(f"{labels.plural(int(refused), 'file')} refused by a limit ({MAX_FILES:,} images per batch, "
                    f"{fmt_mb(MAX_FILE_BYTES)} per image, {fmt_mb(MAX_ARCHIVE_BYTES)} per ZIP); "
                    "they are listed with the reason.")
 
 
 def _column_config(thr: float) -> dict:
+    """Widths that fit the grid at 1440 px with the sidebar open (the study's header fields share one cell,
+    warnings are shown short: in full in Review and the CSV)."""
     return {
-        "thumbnail": st.column_config.ImageColumn("", width="small"),
-        "file": st.column_config.TextColumn("File", width="medium"),
+        "thumbnail": st.column_config.ImageColumn("", width=48),
+        "file": st.column_config.TextColumn("File", width=190),
         "probability": st.column_config.ProgressColumn(
-            "P(pneumonia)", min_value=0.0, max_value=1.0, format="%.3f", width="medium"),
-        "flag": st.column_config.TextColumn(f"At {thr:.3f}"),
-        "warn": st.column_config.TextColumn("⚠", width="small",
+            "P(pneumonia)", min_value=0.0, max_value=1.0, format="%.3f", width=120),
+        "flag": st.column_config.TextColumn(f"At {thr:.3f}", width=84),
+        "warn": st.column_config.TextColumn("⚠", width=32,
                                             help="A warning: outside the training population, or the image looks "
                                                  "unlike a frontal chest radiograph (read the Warnings column)"),
-        "review": st.column_config.TextColumn("Review"),
-        "audit": st.column_config.TextColumn("Audit", width="small",
+        "review": st.column_config.TextColumn("Review", width=88),
+        "audit": st.column_config.TextColumn("Audit", width=56,
                                              help="Not flagged, drawn at random into the audit sample: please "
                                                   "review it (it measures what the model misses)"),
-        "study_date": st.column_config.TextColumn("Study date", width="small"),
-        "age_band": st.column_config.TextColumn("Age", width="small"),
-        "modality": "Modality", "view_position": "View",
-        "warnings": st.column_config.TextColumn("Warnings", width="large"),
-        "reason": st.column_config.TextColumn("Unreadable because", width="medium"),
+        "details": st.column_config.TextColumn("Study", width=150,
+                                               help="Modality · view · age band · study date, from the DICOM header"),
+        "warnings": st.column_config.TextColumn("Warnings", width=260,
+                                                help="Each warning in short; in full on the Review page and in the CSV"),
+        "reason": st.column_config.TextColumn("Unreadable because", width=220),
     }
 
 
@@ -163,7 +172,7 @@ def _worklist_table(df, thr: float) -> None:
     table = worklist.view(df, thr, show, thumbs, studies)
     st.caption("Select a row to open the study in Review.")
     event = st.dataframe(table, hide_index=True, key="worklist_table", on_select="rerun",
-                         selection_mode="single-row", column_order=[c for c in table.columns if c != "sha256"],
+                         selection_mode="single-row", column_order=worklist.grid_columns(table),
                          column_config=_column_config(thr))
     rows = list(event.selection.rows) if event is not None else []
     readable = worklist.readable_shas(df)
@@ -190,7 +199,7 @@ def _open_controls(df) -> None:
 def _unreadable_and_export(df, thr: float, store, model_label: str) -> None:
     bad = worklist.unreadable(df)
     if len(bad):
-        with st.expander(f"{len(bad)} file(s) could not be scored", expanded=len(bad) <= 20):
+        with st.expander(f"{labels.plural(len(bad), 'file')} could not be scored", expanded=len(bad) <= 20):
             st.dataframe(bad, hide_index=True, column_config={
                 "file": "File", "status": "Status", "reason": st.column_config.TextColumn("Reason", width="large")})
     e1, e2 = st.columns([2, 1], vertical_alignment="bottom")
@@ -200,7 +209,8 @@ def _unreadable_and_export(df, thr: float, store, model_label: str) -> None:
     e2.download_button(
         "Download worklist CSV", icon=":material/download:", key="export_csv",
         data=lambda: worklist.export_csv(worklist.with_identifiers(df, store.identifiers) if with_ids else df,
-                                         thr, model_label, with_ids, state.operating_point_label()),
+                                         thr, model_label, with_ids, state.operating_point_label(),
+                                         worklist.decisions_by_sha(store.decisions_csv(state.worklist()))),
         file_name="worklist_with_identifiers.csv" if with_ids else "worklist.csv", mime="text/csv",
         on_click="ignore")
 
@@ -214,7 +224,7 @@ def render() -> None:
     thr = state.threshold()
     store = resources.store()
     wl = state.worklist()
-    model_label = f"{pred.card.name} {pred.card.version}".strip()
+    model_label = labels.model_label(pred.card)
     st.title("Triage")
     files = _uploader()
     pacs_panel.pacs_source(store)

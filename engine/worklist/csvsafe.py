@@ -18,6 +18,7 @@ from engine.evaluation.metrics import flagged as flag_rule
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 # New columns go at the end, so that readers that take columns by position keep working.
+PROBABILITY_DECIMALS = 6    # 1e-6 is below any threshold step a reader sets; 17 digits or 1.2e-05 read as noise
 RESULT_COLUMNS = ["file", "status", "message", "probability", "flagged", "threshold", "model",
                   "warnings", "modality", "view_position", "sha256", "operating_point"]
 IDENTIFIER_COLUMNS = ["patient_name", "patient_id", "birth_date", "accession_number", "institution"]
@@ -39,11 +40,12 @@ def result_row(*, file: str, status: str, message: str, probability: Optional[fl
                model: str, warnings: Sequence[str] = (), modality: str = "", view_position: str = "",
                sha256: str = "", identifiers: Optional[Mapping[str, object]] = None,
                operating_point: str = "") -> dict[str, str]:
-    """One results row as written: the probability in full precision and flagged "yes"/"no" when
+    """One results row as written: the probability in fixed decimals (:data:`PROBABILITY_DECIMALS`, never
+    scientific notation) and flagged "yes"/"no" (decided on the unrounded probability) when
     ``status`` is "ok", both empty otherwise; identifier columns only when ``identifiers`` is given."""
     ok = status == "ok" and probability is not None
     row = {"file": file, "status": status, "message": message,
-           "probability": repr(float(probability)) if ok else "",
+           "probability": f"{float(probability):.{PROBABILITY_DECIMALS}f}" if ok else "",
            "flagged": ("yes" if flag_rule(float(probability), threshold) else "no") if ok else "",
            "threshold": repr(float(threshold)), "operating_point": operating_point, "model": model, "warnings": " | ".join(warnings),
            "modality": modality or "", "view_position": view_position or "", "sha256": sha256 or ""}
