@@ -32,6 +32,7 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -269,82 +270,117 @@ def write_gradcam(out: Path, predictor, samples: Sequence[ds.Sample], names: Seq
 
 # --------------------------------------------------------------------------- main
 
-def main(args: argparse.Namespace) -> dict:
-    """Run the evaluation; return what was written to metrics.json."""
-    from engine.inference.predictor import Predictor
-    from training.report import write_predictions_csv
-
+def _check_args(args: argparse.Namespace) -> None:
+    """Usage errors, before anything loads."""
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise EvaluationError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
         raise EvaluationError(f"--batch-size must be at least 1, got {args.batch_size}")
-    t0 = time.perf_counter()
-    ckpt = Path(args.checkpoint)
-    samples = index_eval_data(args.data_dir, args.split)
-    predictor = Predictor.from_checkpoint(ckpt)
-    card = predictor.card
-    root = Path(args.data_dir)
-    names = [display_name(s.path, root) for s in samples]
 
-    raw, errors = predict_samples(predictor, samples, names, args.batch_size, args.quiet)
+
+@dataclass
+class _Scored:
+    """The readable images of the evaluation (in input order) and the unreadable ones."""
+
+    samples: list[ds.Sample]             # every sample indexed
+    kept: list[ds.Sample]                # those that could be read
+    names: list[str]                     # display names of ``kept``
+    labels: np.ndarray                   # of ``kept``
+    raw: np.ndarray                      # probabilities of ``kept``, as predicted
+    errors: list[tuple[str, str]]        # (file, message) per unreadable file
+
+
+def _score(predictor, samples: list[ds.Sample], root: Path, batch_size: int, quiet: bool) -> _Scored:
+    """Score every sample (unreadable ones listed on stderr); EvaluationError when none can be read."""
+    names = [display_name(s.path, root) for s in samples]
+    raw, errors = predict_samples(predictor, samples, names, batch_size, quiet)
     for name, message in errors:
         print(f"unreadable: {message or name}", file=sys.stderr)
     ok = np.isfinite(raw)
     if not ok.any():
         raise EvaluationError(f"none of the {len(samples)} images under '{root}' could be read")
     kept = [s for s, good in zip(samples, ok) if good]
-    kept_names = [n for n, good in zip(names, ok) if good]
-    labels = np.array([s.label for s in kept], dtype=np.int64)
-    threshold = float(card.threshold if args.threshold is None else args.threshold)
+    return _Scored(samples, kept, [n for n, good in zip(names, ok) if good],
+                   np.array([s.label for s in kept], dtype=np.int64), raw[ok], errors)
 
-    out = Path(args.out)
+
+def _write_predictions(out: Path, ckpt: Path, scored: _Scored) -> np.ndarray:
+    """``predictions.csv`` and the card's copy; the probabilities as read back from the CSV."""
+    from training.report import write_predictions_csv
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions_csv(out / "predictions.csv", kept_names, labels, raw[ok])
+    write_predictions_csv(out / "predictions.csv", scored.names, scored.labels, scored.raw)
     # Metrics from the file's own values: recomputing them from predictions.csv gives metrics.json.
     probs = read_back_probabilities(out / "predictions.csv")
     shutil.copyfile(ckpt / CARD_FILE, out / CARD_FILE)
+    return probs
 
-    summary = M.summarize(labels, probs, threshold)
+
+def _warnings(overlap: Optional[dict], summary: dict) -> list[str]:
+    """What makes these figures weaker than they look: training images, or a single class."""
     warnings = []
-    overlap = training_overlap(ckpt, kept)
     if overlap and any(overlap.values()):
         warnings.append(f"{overlap['train']} of these images were in the run's training split and "
                         f"{overlap['val']} in its validation split: not a held-out evaluation")
     if not summary["n_positive"] or not summary["n_negative"]:
         warnings.append("only one class is present: AUC, AP and one of sensitivity/specificity are undefined")
-    model_name = card.name or card.architecture
-    result = jsonable({
+    return warnings
+
+
+def _metrics_json(args: argparse.Namespace, predictor, ckpt: Path, scored: _Scored, probs: np.ndarray,
+                  summary: dict, overlap: Optional[dict], warnings: list[str]) -> dict:
+    """What ``metrics.json`` holds (less ``seconds``), as plain JSON."""
+    card = predictor.card
+    return jsonable({
         **summary,
         "threshold_source": ("--threshold" if args.threshold is not None
                              else f"model card ({card.threshold_rule or 'rule not recorded'})"),
-        "model_name": model_name,
+        "model_name": card.name or card.architecture,
         "architecture": card.architecture,
         "model_version": card.version,
         "checkpoint": str(ckpt.resolve()),
         "parameters": int(sum(p.numel() for p in predictor.model.parameters())),
         "temperature": card.temperature,
-        "data_dir": str(root.resolve()),
+        "data_dir": str(Path(args.data_dir).resolve()),
         "split": args.split,
-        "counts": {"files": len(samples), "scored": int(ok.sum()), "unreadable": len(errors),
-                   **{k: v for k, v in ds.counts(kept).items() if k != "n"}},
-        "unreadable": [{"file": n, "error": msg} for n, msg in errors],
-        "operating_points": operating_points(labels, probs),
+        "counts": {"files": len(scored.samples), "scored": len(scored.kept), "unreadable": len(scored.errors),
+                   **{k: v for k, v in ds.counts(scored.kept).items() if k != "n"}},
+        "unreadable": [{"file": n, "error": msg} for n, msg in scored.errors],
+        "operating_points": operating_points(scored.labels, probs),
         "operating_points_note": OPERATING_POINTS_NOTE,
         "overlap_with_training": overlap,
         "warnings": warnings,
         "policy": predictor.policy.label,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
-    write_figures(out, labels, probs, threshold, model_name, summary)
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Run the evaluation; return what was written to metrics.json."""
+    from engine.inference.predictor import Predictor
+
+    _check_args(args)
+    t0 = time.perf_counter()
+    ckpt = Path(args.checkpoint)
+    samples = index_eval_data(args.data_dir, args.split)
+    predictor = Predictor.from_checkpoint(ckpt)
+    scored = _score(predictor, samples, Path(args.data_dir), args.batch_size, args.quiet)
+    threshold = float(predictor.card.threshold if args.threshold is None else args.threshold)
+    out = Path(args.out)
+    probs = _write_predictions(out, ckpt, scored)
+    summary = M.summarize(scored.labels, probs, threshold)
+    overlap = training_overlap(ckpt, scored.kept)
+    warnings = _warnings(overlap, summary)
+    result = _metrics_json(args, predictor, ckpt, scored, probs, summary, overlap, warnings)
+    write_figures(out, scored.labels, probs, threshold, result["model_name"], summary)
     if args.gradcam_samples > 0:
-        write_gradcam(out, predictor, kept, kept_names, labels, probs, threshold, args.gradcam_samples)
+        write_gradcam(out, predictor, scored.kept, scored.names, scored.labels, probs, threshold,
+                      args.gradcam_samples)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(format_summary(result, out))
     return result
-
 
 def _fmt(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{x:.3f}"

@@ -18,7 +18,9 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from engine.evaluation import metrics
 from engine.model.checkpoint import ModelCard, save_checkpoint
 from engine.evaluation.provenance import write_training_hashes
-from engine.model.device import hardware_summary, select_policy
+from engine.model.device import DevicePolicy, hardware_summary, select_policy
 from engine.model.preprocess import Preprocessing
 from models import ARCHITECTURES, build_model
 from models.fused import set_fused_training
@@ -209,52 +211,123 @@ def _update_best_card(best_dir: Path, training_info: dict) -> None:
         path.write_text(json.dumps(card, indent=2) + "\n")
 
 
-def main(args: argparse.Namespace) -> Path:
+@dataclass
+class _Context:
+    """The process this run is: device policy, rank among ``world`` processes, run folder."""
+
+    policy: DevicePolicy
+    rank: int
+    world: int
+    out: Path
+
+
+@dataclass
+class _Data:
+    """The decoded training and validation images (decoded once, kept in memory)."""
+
+    prep: Preprocessing
+    train: list[ds.Sample]
+    val: list[ds.Sample]
+    train_x: torch.Tensor
+    val_x: torch.Tensor
+    train_y: torch.Tensor
+    summary: dict
+
+
+@dataclass
+class _Trainer:
+    """What one run trains with, built once from the arguments."""
+
+    model: torch.nn.Module
+    ema: Optional[AveragedModel]
+    net: torch.nn.Module                 # the model as trained: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: Any                       # LambdaLR (cosine) or ReduceLROnPlateau
+    loss_fn: torch.nn.Module
+    teacher: Optional[Any]
+    scaler: Optional[torch.amp.GradScaler]
+    augment: Optional[AugmentConfig]
+    generator: torch.Generator
+    sampler: Any
+    loader: DataLoader
+    per_rank: int                        # training images per process and epoch
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: what ``--resume`` restores and every epoch updates."""
+
+    start_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"auc": -1.0, "loss": 1e9, "epoch": -1})
+    history: list = field(default_factory=list)
+    stale: int = 0
+    train_seconds: float = 0.0
+
+
+def _start_process(precision: str, out: Path) -> _Context:
+    """Logging, the device policy and, under torchrun, the process group."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    policy = select_policy(args.precision)
+    policy = select_policy(precision)
     _setup_distributed(policy.device.type)
     rank, world = _rank(), (dist.get_world_size() if dist.is_initialized() else 1)
     if policy.device.type == "cuda" and world > 1:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    if args.split_seed is None:
-        args.split_seed = args.seed
-    out = Path(args.out)
-    resume = None
-    if args.resume:
-        rpath = Path(args.resume)
-        rpath = rpath / "resume.safetensors" if rpath.is_dir() else rpath
-        if not rpath.is_file():
-            raise SystemExit(f"--resume: no resume state at {rpath}")
-        resume = load_state(rpath)
-        if "split_seed" not in resume.get("args", {}) or resume["args"]["split_seed"] is None:
-            # a run started before --split-seed existed, or with it unset, split by --seed
-            resume.setdefault("args", {})["split_seed"] = resume.get("args", {}).get("seed")
-        _check_resume_args(resume.get("args", {}), vars(args))
-    _seed_everything(args.seed + rank)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    return _Context(policy, rank, world, out)
 
+
+def _load_resume(args: argparse.Namespace) -> Optional[dict]:
+    """The ``--resume`` state (None without it), refused when the run's settings differ."""
+    if not args.resume:
+        return None
+    rpath = Path(args.resume)
+    rpath = rpath / "resume.safetensors" if rpath.is_dir() else rpath
+    if not rpath.is_file():
+        raise SystemExit(f"--resume: no resume state at {rpath}")
+    resume = load_state(rpath)
+    if "split_seed" not in resume.get("args", {}) or resume["args"]["split_seed"] is None:
+        # a run started before --split-seed existed, or with it unset, split by --seed
+        resume.setdefault("args", {})["split_seed"] = resume.get("args", {}).get("seed")
+    _check_resume_args(resume.get("args", {}), vars(args))
+    return resume
+
+
+def _load_data(args: argparse.Namespace, ctx: _Context) -> _Data:
+    """Split the data, decode every image once and (rank 0) record the split."""
     prep = Preprocessing(args.image_size, args.in_channels, args.intensity)
     train, val, data_summary = prepare_data(args)
     t0 = time.perf_counter()
     train_x, train = decode_samples(train, prep)
     val_x, val = decode_samples(val, prep)
     train_y = torch.tensor([s.label for s in train])
-    if rank == 0:
-        _write_split(out, train, val)
+    if ctx.rank == 0:
+        _write_split(ctx.out, train, val)
         log.info("decoded %d train + %d val images once in %.1fs (%s, %s)", len(train), len(val),
-                 time.perf_counter() - t0, policy.label,
+                 time.perf_counter() - t0, ctx.policy.label,
                  "plain kernels" if args.plain_kernels else "fused training kernels")
+    return _Data(prep, train, val, train_x, val_x, train_y, data_summary)
 
-    model = policy.prepare_model(build_model(args.arch, in_channels=args.in_channels,
-                                             pretrained=args.pretrained))
+
+def _build_networks(args: argparse.Namespace, ctx: _Context
+                    ) -> tuple[torch.nn.Module, Optional[AveragedModel], torch.nn.Module]:
+    """The model, its EMA (None with ``--ema 0``) and the network as trained (DDP, compiled)."""
+    model = ctx.policy.prepare_model(build_model(args.arch, in_channels=args.in_channels,
+                                                 pretrained=args.pretrained))
     set_fused_training(model, not args.plain_kernels)
     ema = AveragedModel(model, avg_fn=ema_with_warmup(args.ema), use_buffers=True) if args.ema else None
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     if args.compile:
         net = torch.compile(net)
-    optimizer = build_adamw(model, args.lr, args.weight_decay)
-    loss_fn = build_loss(args.loss, train_y, args.label_smoothing)
+    return model, ema, net
+
+
+def _build_loss_fn(args: argparse.Namespace, data: _Data, policy: DevicePolicy
+                   ) -> tuple[torch.nn.Module, Optional[Any]]:
+    """The loss on the device, and the ``--distill-from`` teacher (None without it)."""
+    loss_fn = build_loss(args.loss, data.train_y, args.label_smoothing)
     teacher = None
     if args.distill_from:
         from engine.model.checkpoint import CheckpointError
@@ -262,147 +335,234 @@ def main(args: argparse.Namespace) -> Path:
         if not 0.0 <= args.distill_weight <= 1.0:
             raise SystemExit(f"--distill-weight must lie between 0 and 1, got {args.distill_weight}")
         try:
-            teacher = Teacher(args.distill_from, prep, policy)
+            teacher = Teacher(args.distill_from, data.prep, policy)
         except CheckpointError as exc:
             raise SystemExit(f"--distill-from: {exc}") from None
         loss_fn = DistillationLoss(loss_fn, args.distill_weight,
-                                   class_weights(train_y) if args.loss in ("weighted_ce", "focal") else None)
+                                   class_weights(data.train_y) if args.loss in ("weighted_ce", "focal") else None)
         log.info("distilling from %s (weight %.2f)", args.distill_from, args.distill_weight)
-    loss_fn = loss_fn.to(policy.device)
-    scaler = torch.amp.GradScaler("cuda") if policy.autocast_dtype == torch.float16 else None
+    return loss_fn.to(policy.device), teacher
 
-    augment = None if args.no_augment else AugmentConfig(hflip=args.hflip, border_p=args.augment_border,
-                                                         equalize_p=args.augment_equalize,
-                                                         clahe_p=args.augment_clahe)
-    collate = BatchCollator(train_x, train_y, prep, augment)
-    g = torch.Generator().manual_seed(args.seed)
-    if world > 1:
-        sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, seed=args.seed)
+
+def _build_sampler(args: argparse.Namespace, ctx: _Context, train_y: torch.Tensor, g: torch.Generator):
+    """Which training images each step draws: shuffled, class-balanced, or split across DDP ranks."""
+    n = len(train_y)
+    if ctx.world > 1:
+        sampler = DistributedSampler(range(n), num_replicas=ctx.world, rank=ctx.rank, seed=args.seed)
         if args.sampler == "balanced":
             raise SystemExit("--sampler balanced is not supported with several processes (DDP); use the "
                              "default class-weighted loss")
-    elif args.sampler == "balanced":
+        return sampler
+    if args.sampler == "balanced":
         w = (1.0 / torch.bincount(train_y).float())[train_y]
-        sampler = WeightedRandomSampler(w, len(train), generator=g)
-    else:
-        sampler = RandomSampler(range(len(train)), generator=g)
-    per_rank = math.ceil(len(train) / world)
-    loader = DataLoader(range(len(train)), batch_size=args.batch_size, sampler=sampler,
+        return WeightedRandomSampler(w, n, generator=g)
+    return RandomSampler(range(n), generator=g)
+
+
+def _build_loader(args: argparse.Namespace, ctx: _Context, data: _Data, augment: Optional[AugmentConfig],
+                  sampler) -> tuple[DataLoader, int]:
+    """The training DataLoader and the images per process and epoch; refuses an empty epoch."""
+    collate = BatchCollator(data.train_x, data.train_y, data.prep, augment)
+    per_rank = math.ceil(len(data.train) / ctx.world)
+    loader = DataLoader(range(len(data.train)), batch_size=args.batch_size, sampler=sampler,
                         collate_fn=collate, num_workers=args.workers, drop_last=per_rank > args.batch_size,
-                        pin_memory=policy.device.type == "cuda", persistent_workers=args.workers > 0)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise SystemExit(f"no training batches: {len(train)} images over {world} process(es) "
+                        pin_memory=ctx.policy.device.type == "cuda", persistent_workers=args.workers > 0)
+    if len(loader) == 0:
+        raise SystemExit(f"no training batches: {len(data.train)} images over {ctx.world} process(es) "
                          f"with --batch-size {args.batch_size}")
+    return loader, per_rank
+
+
+def _build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Cosine with linear warm-up (stepped per batch), or reduce-on-plateau (stepped per epoch)."""
     if args.scheduler == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
+        return torch.optim.lr_scheduler.LambdaLR(
             optimizer, _lr_lambda(args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)))
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
+
+
+def _build_trainer(args: argparse.Namespace, ctx: _Context, data: _Data) -> _Trainer:
+    """Everything the epochs need, built in a fixed order (each step draws from the seeded RNGs)."""
+    model, ema, net = _build_networks(args, ctx)
+    optimizer = build_adamw(model, args.lr, args.weight_decay)
+    loss_fn, teacher = _build_loss_fn(args, data, ctx.policy)
+    scaler = torch.amp.GradScaler("cuda") if ctx.policy.autocast_dtype == torch.float16 else None
+    augment = None if args.no_augment else AugmentConfig(hflip=args.hflip, border_p=args.augment_border,
+                                                         equalize_p=args.augment_equalize,
+                                                         clahe_p=args.augment_clahe)
+    g = torch.Generator().manual_seed(args.seed)
+    sampler = _build_sampler(args, ctx, data.train_y, g)
+    loader, per_rank = _build_loader(args, ctx, data, augment, sampler)
+    scheduler = _build_scheduler(args, optimizer, len(loader))
+    return _Trainer(model, ema, net, optimizer, scheduler, loss_fn, teacher, scaler, augment, g, sampler,
+                    loader, per_rank)
+
+
+def _restore(resume: dict, run: _Trainer) -> _Progress:
+    """Load the ``--resume`` state into the trainer and the RNGs; where the run stood."""
+    run.model.load_state_dict(resume["model"])
+    if run.ema is not None and "ema" in resume:
+        run.ema.load_state_dict(resume["ema"])
+    run.optimizer.load_state_dict(resume["optimizer"])
+    run.scheduler.load_state_dict(resume["scheduler"])
+    progress = _Progress(resume["epoch"] + 1, resume["best"], resume["history"], resume["stale"],
+                         resume.get("train_seconds", 0.0))
+    run.generator.set_state(resume["sampler_rng"])
+    _set_rng_state(resume["rng"])
+    log.info("resumed from epoch %d", resume["epoch"] + 1)
+    return progress
+
+
+def _model_card(args: argparse.Namespace, ctx: _Context, data: _Data, run: _Trainer) -> ModelCard:
+    """The card every checkpoint of the run carries (its ``training`` entry updated per epoch)."""
+    training = {**data.summary, "epochs_planned": args.epochs,
+                "batch_size": args.batch_size * ctx.world, "lr": args.lr,
+                "weight_decay": args.weight_decay, "scheduler": args.scheduler,
+                "loss": args.loss, "label_smoothing": args.label_smoothing,
+                "sampler": args.sampler, "ema_decay": args.ema,
+                "augmentation": run.augment.as_dict() if run.augment else None,
+                "pretrained": args.pretrained, "seed": args.seed,
+                "split_seed": args.split_seed,
+                "world_size": ctx.world,
+                **({"distillation": {"weight": args.distill_weight,
+                                     **run.teacher.describe()}} if run.teacher else {})}
+    return ModelCard(architecture=args.arch, preprocessing=data.prep, name=args.name or args.arch,
+                     extra={"training": training, "hardware": hardware_summary(ctx.policy)})
+
+
+def _train_epoch(args: argparse.Namespace, ctx: _Context, run: _Trainer, epoch: int) -> dict:
+    """One pass over the training data, with a progress bar on rank 0; train_one_epoch's figures."""
+    if isinstance(run.sampler, DistributedSampler):
+        run.sampler.set_epoch(epoch)
+    bar = tqdm(total=min(len(run.loader) * args.batch_size, run.per_rank),
+               desc=f"epoch {epoch + 1}/{args.epochs}",
+               unit="img", disable=ctx.rank != 0, file=sys.stderr, dynamic_ncols=True)
+    stats = train_one_epoch(run.net, run.loader, run.loss_fn, run.optimizer, ctx.policy,
+                            step_scheduler=run.scheduler.step if args.scheduler == "cosine" else None,
+                            ema=run.ema, grad_clip=args.grad_clip, scaler=run.scaler, teacher=run.teacher,
+                            progress=lambda n, l: (bar.update(n), bar.set_postfix(loss=f"{l:.3f}")))
+    bar.close()
+    return stats
+
+
+def _validate(ctx: _Context, run: _Trainer, data: _Data, val_y: np.ndarray) -> list:
+    """[AUC, loss, sensitivity@0.5, specificity@0.5] on validation, computed on rank 0.
+
+    The other ranks (other machines, other CPUs whose last bits may differ) take rank 0's figures,
+    so every rank makes the same early-stopping decision and stops at the same epoch.
+    """
+    if ctx.rank == 0:
+        logits = predict_logits(run.eval_model, data.val_x, data.prep, ctx.policy)
+        val_loss = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(val_y)).item())
+        prob = torch.softmax(logits, 1)[:, 1].numpy()
+        at_half = metrics.confusion_at(val_y, prob, 0.5)
+        figures = [metrics.roc_auc(val_y, prob), val_loss, at_half.sensitivity, at_half.specificity]
     else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
+        figures = [None] * 4   # the same length on every rank
+    if ctx.world > 1:
+        dist.broadcast_object_list(figures, src=0)
+    return figures
 
-    start_epoch, best, history, stale, train_seconds = 0, {"auc": -1.0, "loss": 1e9, "epoch": -1}, [], 0, 0.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        if ema is not None and "ema" in resume:
-            ema.load_state_dict(resume["ema"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        start_epoch, best, history, stale = resume["epoch"] + 1, resume["best"], resume["history"], resume["stale"]
-        train_seconds = resume.get("train_seconds", 0.0)
-        g.set_state(resume["sampler_rng"])
-        _set_rng_state(resume["rng"])
-        log.info("resumed from epoch %d", resume["epoch"] + 1)
 
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tensorboard"))
-    eval_model = ema.module if ema is not None else model
-    card = ModelCard(architecture=args.arch, preprocessing=prep, name=args.name or args.arch,
-                     extra={"training": {**data_summary, "epochs_planned": args.epochs,
-                                         "batch_size": args.batch_size * world, "lr": args.lr,
-                                         "weight_decay": args.weight_decay, "scheduler": args.scheduler,
-                                         "loss": args.loss, "label_smoothing": args.label_smoothing,
-                                         "sampler": args.sampler, "ema_decay": args.ema,
-                                         "augmentation": augment.as_dict() if augment else None,
-                                         "pretrained": args.pretrained, "seed": args.seed,
-                                         "split_seed": args.split_seed,
-                                         "world_size": world,
-                                         **({"distillation": {"weight": args.distill_weight,
-                                                              **teacher.describe()}} if teacher else {})},
-                            "hardware": hardware_summary(policy)})
-    val_y = np.array([s.label for s in val])
+def _note_epoch(progress: _Progress, row: dict) -> bool:
+    """Add the epoch's row to the history; True when validation improved (AUC, then loss on a tie)."""
+    progress.history.append(row)
+    auc, val_loss, best = row["val_auc"], row["val_loss"], progress.best
+    improved = best["epoch"] < 0 or auc > best["auc"] + 1e-4 or (abs(auc - best["auc"]) <= 1e-4 and val_loss < best["loss"])
+    if improved:
+        progress.best, progress.stale = {"auc": auc, "loss": val_loss, "epoch": row["epoch"]}, 0
+    else:
+        progress.stale += 1
+    return improved
 
-    for epoch in range(start_epoch, args.epochs):
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        bar = tqdm(total=min(len(loader) * args.batch_size, per_rank), desc=f"epoch {epoch + 1}/{args.epochs}",
-                   unit="img", disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
-        stats = train_one_epoch(net, loader, loss_fn, optimizer, policy,
-                                step_scheduler=scheduler.step if args.scheduler == "cosine" else None,
-                                ema=ema, grad_clip=args.grad_clip, scaler=scaler, teacher=teacher,
-                                progress=lambda n, l: (bar.update(n), bar.set_postfix(loss=f"{l:.3f}")))
-        bar.close()
-        train_seconds += stats["train_seconds"]
-        # Validation, the early-stopping decision and the checkpoint happen once, on rank 0; the other
-        # ranks (other machines, other CPUs whose last bits may differ) take rank 0's figures, so
-        # every rank makes the same decision and stops at the same epoch.
-        if rank == 0:
-            logits = predict_logits(eval_model, val_x, prep, policy)
-            val_loss = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(val_y)).item())
-            prob = torch.softmax(logits, 1)[:, 1].numpy()
-            auc = metrics.roc_auc(val_y, prob)
-            at_half = metrics.confusion_at(val_y, prob, 0.5)
-            figures = [auc, val_loss, at_half.sensitivity, at_half.specificity]
-        else:
-            figures = [None] * 4   # the same length on every rank
-        if world > 1:
-            dist.broadcast_object_list(figures, src=0)
-        auc, val_loss, sens_half, spec_half = figures
-        if args.scheduler == "plateau":
-            scheduler.step(auc)
-        row = {"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_auc": auc,
-               "val_sensitivity@0.5": sens_half, "val_specificity@0.5": spec_half,
-               "lr": optimizer.param_groups[0]["lr"]}
-        history.append(row)
-        improved = best["epoch"] < 0 or auc > best["auc"] + 1e-4 or (abs(auc - best["auc"]) <= 1e-4 and val_loss < best["loss"])
+
+def _log_epoch(out: Path, writer, row: dict) -> None:
+    """The epoch's figures to the log, ``metrics.jsonl`` and TensorBoard (rank 0)."""
+    log.info("epoch %d: loss %.4f, val loss %.4f, val AUC %.4f, sens %.3f / spec %.3f @0.5, %.1f img/s",
+             row["epoch"], row["train_loss"], row["val_loss"], row["val_auc"], row["val_sensitivity@0.5"],
+             row["val_specificity@0.5"], row["train_images_per_s"])
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    for k, v in row.items():
+        if k != "epoch":
+            writer.add_scalar(k.replace("@", "_at_"), v, row["epoch"])
+
+
+def _save_resume_state(args: argparse.Namespace, out: Path, run: _Trainer, progress: _Progress,
+                       epoch: int) -> None:
+    """Everything ``--resume`` needs to continue after ``epoch`` exactly."""
+    save_state({"model": run.model.state_dict(), "ema": run.ema.state_dict() if run.ema else {},
+                "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                "epoch": epoch, "best": progress.best, "history": progress.history, "stale": progress.stale,
+                "train_seconds": progress.train_seconds, "sampler_rng": run.generator.get_state(),
+                "rng": _rng_state(), "args": vars(args)}, out / "resume.safetensors")
+
+
+def _run_epoch(args: argparse.Namespace, ctx: _Context, run: _Trainer, data: _Data, val_y: np.ndarray,
+               progress: _Progress, card: ModelCard, writer, epoch: int) -> None:
+    """Train, validate, record and (rank 0) checkpoint one epoch."""
+    stats = _train_epoch(args, ctx, run, epoch)
+    progress.train_seconds += stats["train_seconds"]
+    auc, val_loss, sens_half, spec_half = _validate(ctx, run, data, val_y)
+    if args.scheduler == "plateau":
+        run.scheduler.step(auc)
+    row = {"epoch": epoch + 1, **stats, "val_loss": val_loss, "val_auc": auc,
+           "val_sensitivity@0.5": sens_half, "val_specificity@0.5": spec_half,
+           "lr": run.optimizer.param_groups[0]["lr"]}
+    improved = _note_epoch(progress, row)
+    if ctx.rank == 0:
+        _log_epoch(ctx.out, writer, row)
+        card.extra["training"].update(epochs_run=epoch + 1, best_epoch=progress.best["epoch"],
+                                      train_seconds=round(progress.train_seconds, 1))
         if improved:
-            best, stale = {"auc": auc, "loss": val_loss, "epoch": epoch + 1}, 0
-        else:
-            stale += 1
-        if rank == 0:
-            log.info("epoch %d: loss %.4f, val loss %.4f, val AUC %.4f, sens %.3f / spec %.3f @0.5, %.1f img/s",
-                     epoch + 1, stats["train_loss"], val_loss, auc, sens_half, spec_half,
-                     stats["train_images_per_s"])
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            for k, v in row.items():
-                if k != "epoch":
-                    writer.add_scalar(k.replace("@", "_at_"), v, epoch + 1)
-            card.extra["training"].update(epochs_run=epoch + 1, best_epoch=best["epoch"],
-                                          train_seconds=round(train_seconds, 1))
-            if improved:
-                _finalise(eval_model, card, out / "best", val, args.threshold_rule, args.half_weights)
-            save_state({"model": model.state_dict(), "ema": ema.state_dict() if ema else {},
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "epoch": epoch, "best": best, "history": history, "stale": stale,
-                        "train_seconds": train_seconds, "sampler_rng": g.get_state(),
-                        "rng": _rng_state(), "args": vars(args)}, out / "resume.safetensors")
-        if stale >= args.patience:
-            if rank == 0:
-                log.info("early stop: validation AUC has not improved for %d epochs", stale)
-            break
-    if rank == 0:
-        _finalise(eval_model, card, out / "last", val, args.threshold_rule, args.half_weights)
-        write_curves(history, out)
-        _update_best_card(out / "best", card.extra["training"])
+            _finalise(run.eval_model, card, ctx.out / "best", data.val, args.threshold_rule, args.half_weights)
+        _save_resume_state(args, ctx.out, run, progress, epoch)
+
+
+def _finish_run(args: argparse.Namespace, ctx: _Context, run: _Trainer, data: _Data, progress: _Progress,
+                card: ModelCard, writer) -> None:
+    """Rank 0 writes the last checkpoint and the curves; every rank leaves the process group."""
+    if ctx.rank == 0:
+        _finalise(run.eval_model, card, ctx.out / "last", data.val, args.threshold_rule, args.half_weights)
+        write_curves(progress.history, ctx.out)
+        _update_best_card(ctx.out / "best", card.extra["training"])
         writer.close()
-        log.info("best epoch %d (val AUC %.4f); checkpoint in %s", best["epoch"], best["auc"], out / "best")
+        log.info("best epoch %d (val AUC %.4f); checkpoint in %s", progress.best["epoch"],
+                 progress.best["auc"], ctx.out / "best")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    return out / "best"
 
+
+def _tensorboard(out: Path):
+    """The TensorBoard writer of the run (rank 0 only; imported only there)."""
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Train as ``args`` say (see :func:`get_args_parser`); returns the best checkpoint's folder."""
+    ctx = _start_process(args.precision, Path(args.out))
+    if args.split_seed is None:
+        args.split_seed = args.seed
+    resume = _load_resume(args)
+    _seed_everything(args.seed + ctx.rank)
+    if ctx.rank == 0:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+    data = _load_data(args, ctx)
+    run = _build_trainer(args, ctx, data)
+    progress = _restore(resume, run) if resume is not None else _Progress()
+    writer = _tensorboard(ctx.out) if ctx.rank == 0 else None
+    card = _model_card(args, ctx, data, run)
+    val_y = np.array([s.label for s in data.val])
+    for epoch in range(progress.start_epoch, args.epochs):
+        _run_epoch(args, ctx, run, data, val_y, progress, card, writer, epoch)
+        if progress.stale >= args.patience:
+            if ctx.rank == 0:
+                log.info("early stop: validation AUC has not improved for %d epochs", progress.stale)
+            break
+    _finish_run(args, ctx, run, data, progress, card, writer)
+    return ctx.out / "best"
 
 if __name__ == "__main__":
     main(get_args_parser().parse_args())

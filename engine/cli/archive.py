@@ -335,43 +335,70 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def _usage_error(args: argparse.Namespace) -> Optional[str]:
+    """The first usage error (exit code 2), or None."""
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        print(f"error: --threshold must be between 0 and 1, got {args.threshold}", file=sys.stderr)
-        return 2
+        return f"--threshold must be between 0 and 1, got {args.threshold}"
     if args.batch_size < 1 or args.workers < 0:
-        print("error: --batch-size must be at least 1 and --workers at least 0", file=sys.stderr)
-        return 2
-    from engine.inference.backends.artefacts import weights_sha256
-    from engine.model.checkpoint import read_card
-    try:
-        card = read_card(args.checkpoint)
-        model_sha = weights_sha256(args.checkpoint)
-    except CheckpointError as exc:
-        print(f"error: cannot load the model: {exc}", file=sys.stderr)
-        return 3
-    threshold = card.threshold if args.threshold is None else args.threshold
+        return "--batch-size must be at least 1 and --workers at least 0"
+    return None
+
+
+@dataclass
+class _Run:
+    """One run of the command: where it writes, under which model, and what it found to score."""
+
+    out: Path
+    model_sha: str
+    run_id: str
+    part_columns: list[str]
+    units: list[Unit]
+    order: dict[str, int]                # unit label -> its place in today's listing
+    done: dict[str, str]                 # label -> SHA-256 already scored by these weights
+
+    @property
+    def parts(self) -> Path:
+        return self.out / "parts"
+
+    @property
+    def listing_errors(self) -> list[Unit]:
+        return [u for u in self.units if u.error]
+
+    @property
+    def todo(self) -> list[Unit]:
+        return [u for u in self.units if not u.error]
+
+
+def _start_run(args: argparse.Namespace, model_sha: str) -> _Run:
+    """List the sources, read what earlier runs scored, and write the listing errors as rows."""
     out = Path(args.out)
-    parts = out / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:6]}"
     columns = CSV_COLUMNS + (IDENTIFIER_COLUMNS if args.include_identifiers else [])
     part_columns = [c for c in columns if c not in ("flagged", "threshold", "operating_point")] + PART_EXTRA
-
-    t0 = time.perf_counter()
     units = list_units(args.sources)
     order = {u.label: i for i, u in enumerate(units)}
-    done = done_by_label(parts, model_sha)
-    listing_errors = [u for u in units if u.error]
-    _write_part(parts, [{"file": u.label, "status": "error", "message": u.error, "probability": None,
-                         "model": "", "warnings": "", "modality": "", "view_position": "", "sha256": "",
-                         "model_sha256": model_sha, "run_id": run_id, "order": order[u.label]}
-                        for u in listing_errors], part_columns)
-    todo = [u for u in units if not u.error]
+    run = _Run(out, model_sha, run_id, part_columns, units, order, done_by_label(out / "parts", model_sha))
+    _write_part(run.parts, [{"file": u.label, "status": "error", "message": u.error, "probability": None,
+                             "model": "", "warnings": "", "modality": "", "view_position": "", "sha256": "",
+                             "model_sha256": model_sha, "run_id": run_id, "order": order[u.label]}
+                            for u in run.listing_errors], part_columns)
+    return run
 
+
+@dataclass(frozen=True)
+class _Cluster:
+    """The Ray cluster joined (or started) and how the scoring actors share it."""
+
+    cpus: int
+    workers: int
+    cpus_per_worker: float
+    threads: int
+
+
+def _start_ray(args: argparse.Namespace) -> _Cluster:
+    """Join ``--address`` (or start a local Ray), quietly; size the actor pool to its CPUs."""
     import ray
-    from tqdm import tqdm
     if args.address:
         ray.init(address=args.address, log_to_driver=False, configure_logging=False)
     else:
@@ -382,69 +409,116 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     workers = args.workers or max(1, cpus // 2)
     cpus_per_worker = args.cpus_per_worker or max(1.0, cpus / workers)
-    threads = max(1, int(cpus_per_worker))
+    return _Cluster(cpus, workers, cpus_per_worker, max(1, int(cpus_per_worker)))
 
-    def done_json(u: Unit) -> str:
-        prefix = u.label + "/"
-        mine = {k: v for k, v in done.items() if k == u.label or k.startswith(prefix)}
-        return json.dumps(mine) if mine else ""
 
-    items = [{"label": u.label, "path": u.path, "done": done_json(u)} for u in todo]
-    counts = {"scored": 0, "skipped": 0, "errors": len(listing_errors)}
-    heat_dir = out / "heatmaps"
+def _done_json(done: dict[str, str], unit: Unit) -> str:
+    """The already-scored files of one unit (itself, or a ZIP's members) as JSON ('' when none)."""
+    prefix = unit.label + "/"
+    mine = {k: v for k, v in done.items() if k == unit.label or k.startswith(prefix)}
+    return json.dumps(mine) if mine else ""
+
+
+def _scored_batches(args: argparse.Namespace, cluster: _Cluster, items: list[dict]) -> Iterator:
+    """The actors' result batches (pandas), as they arrive."""
+    import ray
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // args.batch_size + 1, 10_000)))
+    ds = ds.map_batches(ArchiveScorer, batch_size=args.batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=cluster.workers), num_cpus=cluster.cpus_per_worker,
+                        fn_constructor_kwargs={"checkpoint": str(Path(args.checkpoint).resolve()),
+                                               "backend": args.backend, "threads": cluster.threads,
+                                               "heatmaps": args.heatmaps,
+                                               "include_identifiers": args.include_identifiers,
+                                               "batch_size": args.batch_size})
+    return ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0)
+
+
+def _part_rows(args: argparse.Namespace, run: _Run, batch, counts: dict[str, int], heat_dir: Path) -> list[dict]:
+    """One result batch as part rows (counted; heatmap PNGs written); the skipped-files marker counted."""
+    rows = []
+    for rec in batch.to_dict("records"):
+        if rec["file"] is None or rec["file"] != rec["file"]:   # the skipped-files marker
+            counts["skipped"] += int(rec["skipped"] or 0)
+            continue
+        row = {c: rec.get(c) for c in run.part_columns if c in rec}
+        prob = rec["probability"]
+        row["probability"] = None if prob is None or prob != prob else float(prob)
+        unit = _unit_of(row["file"], run.order)
+        row.update(model_sha256=run.model_sha, run_id=run.run_id,
+                   order=run.order.get(unit, len(run.order)) + float(rec.get("seq") or 0) * 1e-7)
+        rows.append(row)
+        counts["scored" if row["status"] == "ok" else "errors"] += 1
+        png = rec.get("heatmap_png")
+        if args.heatmaps and png:
+            _write_png(heat_dir, anonymous_name(row["file"]) if args.anonymise_names else row["file"],
+                       row["sha256"], png)
+    return rows
+
+
+def _score(args: argparse.Namespace, run: _Run, cluster: _Cluster) -> tuple[dict[str, int], float]:
+    """Score what is not done yet, a part per result batch; this run's counts and scoring seconds."""
+    from tqdm import tqdm
+    todo = run.todo
+    items = [{"label": u.label, "path": u.path, "done": _done_json(run.done, u)} for u in todo]
+    counts = {"scored": 0, "skipped": 0, "errors": len(run.listing_errors)}
+    heat_dir = run.out / "heatmaps"
     if args.heatmaps:
         heat_dir.mkdir(parents=True, exist_ok=True)
     has_zip = any(u.path.lower().endswith(".zip") for u in todo)   # members are counted as they come
-    bar = tqdm(total=None if has_zip else len(units), unit="file", file=sys.stderr, disable=args.quiet,
-               desc="archive", initial=len(listing_errors))
+    bar = tqdm(total=None if has_zip else len(run.units), unit="file", file=sys.stderr, disable=args.quiet,
+               desc="archive", initial=len(run.listing_errors))
     t_score = time.perf_counter()
     if items:
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // args.batch_size + 1, 10_000)))
-        ds = ds.map_batches(ArchiveScorer, batch_size=args.batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
-                            fn_constructor_kwargs={"checkpoint": str(Path(args.checkpoint).resolve()),
-                                                   "backend": args.backend, "threads": threads,
-                                                   "heatmaps": args.heatmaps,
-                                                   "include_identifiers": args.include_identifiers,
-                                                   "batch_size": args.batch_size})
-        for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
-            rows = []
-            for rec in batch.to_dict("records"):
-                if rec["file"] is None or rec["file"] != rec["file"]:   # the skipped-files marker
-                    counts["skipped"] += int(rec["skipped"] or 0)
-                    continue
-                row = {c: rec.get(c) for c in part_columns if c in rec}
-                prob = rec["probability"]
-                row["probability"] = None if prob is None or prob != prob else float(prob)
-                unit = _unit_of(row["file"], order)
-                row.update(model_sha256=model_sha, run_id=run_id,
-                           order=order.get(unit, len(order)) + float(rec.get("seq") or 0) * 1e-7)
-                rows.append(row)
-                counts["scored" if row["status"] == "ok" else "errors"] += 1
-                png = rec.get("heatmap_png")
-                if args.heatmaps and png:
-                    _write_png(heat_dir, anonymous_name(row["file"]) if args.anonymise_names else row["file"],
-                               row["sha256"], png)
-            _write_part(parts, rows, part_columns)
+        for batch in _scored_batches(args, cluster, items):
+            _write_part(run.parts, _part_rows(args, run, batch, counts, heat_dir), run.part_columns)
             bar.update(counts["scored"] + counts["skipped"] + counts["errors"] - bar.n)
     bar.close()
-    seconds = time.perf_counter() - t_score
-    result = consolidate(out, order, threshold, include_identifiers=args.include_identifiers, csv_too=args.csv,
-                         point_name="card" if args.threshold is None else "given threshold",
+    return counts, time.perf_counter() - t_score
+
+
+def _summary(result: dict, counts: dict[str, int], cluster: _Cluster, run: _Run, threshold: float,
+             seconds: float, t0: float) -> dict:
+    """What ``summary.json`` holds: the consolidated counts, this run's, the cluster and the speed."""
+    import ray
+    return {**result, "this_run": counts, "workers": cluster.workers, "cpus_per_worker": cluster.cpus_per_worker,
+            "cluster_cpus": cluster.cpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "scoring_seconds": round(seconds, 2), "total_seconds": round(time.perf_counter() - t0, 2),
+            "images_per_s": round(counts["scored"] / seconds, 2) if seconds > 0 and counts["scored"] else None,
+            "threshold": threshold, "model_sha256": run.model_sha, "run_id": run.run_id}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; the exit code: 0 done, 2 usage error, 3 the model cannot be loaded."""
+    args = get_args_parser().parse_args(argv)
+    error = _usage_error(args)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from engine.inference.backends.artefacts import weights_sha256
+    from engine.model.checkpoint import read_card
+    try:
+        card = read_card(args.checkpoint)
+        model_sha = weights_sha256(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"error: cannot load the model: {exc}", file=sys.stderr)
+        return 3
+    threshold = card.threshold if args.threshold is None else args.threshold
+    t0 = time.perf_counter()
+    run = _start_run(args, model_sha)
+    cluster = _start_ray(args)
+    counts, seconds = _score(args, run, cluster)
+    result = consolidate(run.out, run.order, threshold, include_identifiers=args.include_identifiers,
+                         csv_too=args.csv, point_name="card" if args.threshold is None else "given threshold",
                          anonymise_names=args.anonymise_names)
-    summary = {**result, "this_run": counts, "workers": workers, "cpus_per_worker": cpus_per_worker,
-               "cluster_cpus": cpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
-               "scoring_seconds": round(seconds, 2), "total_seconds": round(time.perf_counter() - t0, 2),
-               "images_per_s": round(counts["scored"] / seconds, 2) if seconds > 0 and counts["scored"] else None,
-               "threshold": threshold, "model_sha256": model_sha, "run_id": run_id}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run.out / "summary.json").write_text(
+        json.dumps(_summary(result, counts, cluster, run, threshold, seconds, t0), indent=2) + "\n")
+    import ray
     ray.shutdown()
     print(f"{result['rows']} files: {result['ok']} read ({result['flagged']} flagged at threshold {threshold:.3f}), "
           f"{result['errors']} refused; this run scored {counts['scored']}, skipped {counts['skipped']} already "
-          f"scored, in {seconds:.1f} s with {workers} worker(s). Results: {out / 'predictions.parquet'}",
+          f"scored, in {seconds:.1f} s with {cluster.workers} worker(s). Results: {run.out / 'predictions.parquet'}",
           file=sys.stderr)
     return 0
-
 
 def _unit_of(name: str, order: dict[str, int]) -> str:
     """The listed unit a row belongs to (a ZIP member's archive), for ordering."""

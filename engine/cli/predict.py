@@ -70,28 +70,41 @@ def prediction_row(pred, threshold: float, model_label: str, *, label: Optional[
                       operating_point=operating_point)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_args_parser().parse_args(argv)
+class _Stop(Exception):
+    """Ends :func:`main` early: ``message`` goes to stderr, ``code`` is the exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Usage errors (exit code 2), before anything heavy loads."""
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        print(f"error: --threshold must be between 0 and 1, got {args.threshold}", file=sys.stderr)
-        return 2
+        raise _Stop(2, f"error: --threshold must be between 0 and 1, got {args.threshold}")
     if args.batch_size < 1:
-        print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
-        return 2
-    profile = None
-    if args.profile:
-        if args.threshold is not None:
-            print("error: give --threshold or --profile, not both", file=sys.stderr)
-            return 2
-        from engine.evaluation.site import ProfileError, load_profile
-        try:
-            profile = load_profile(args.profile)
-        except ProfileError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        args.threshold = profile.threshold
-        if not args.quiet:
-            print(f"site profile {profile.summary()}", file=sys.stderr)
+        raise _Stop(2, f"error: --batch-size must be at least 1, got {args.batch_size}")
+    if args.profile and args.threshold is not None:
+        raise _Stop(2, "error: give --threshold or --profile, not both")
+
+
+def _apply_profile(args: argparse.Namespace):
+    """``--profile``: load the site profile and take its threshold into ``args`` (None without it)."""
+    if not args.profile:
+        return None
+    from engine.evaluation.site import ProfileError, load_profile
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as exc:
+        raise _Stop(2, f"error: {exc}") from None
+    args.threshold = profile.threshold
+    if not args.quiet:
+        print(f"site profile {profile.summary()}", file=sys.stderr)
+    return profile
+
+
+def _load_predictor(args: argparse.Namespace):
+    """The predictor on the chosen backend (exit code 3 when it cannot load or start)."""
     from engine.decode.pool import default_pool
     from engine.gc_pause import paused_gc
     if args.heatmaps:   # the decoding workers start up while the model and Grad-CAM load
@@ -101,34 +114,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from engine.inference.predictor import Predictor  # torch loads only after the arguments are checked
             predictor = Predictor.from_checkpoint(args.checkpoint, compile=args.compile, backend=args.backend)
     except CheckpointError as exc:
-        print(f"error: cannot load the model: {exc}", file=sys.stderr)
-        return 3
+        raise _Stop(3, f"error: cannot load the model: {exc}") from None
     except Exception as exc:   # a forced backend that cannot start (no onnxruntime, no INT8 graph)
-        print(f"error: cannot start the {args.backend} backend: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 3
+        raise _Stop(3, f"error: cannot start the {args.backend} backend: {type(exc).__name__}: {exc}") from None
     if not args.quiet:
         print(f"backend: {predictor.backend_label} ({predictor.backend.reason})", file=sys.stderr)
-    threshold = predictor.threshold if args.threshold is None else args.threshold
-    override = None if args.threshold is None else OperatingPoint(
-        f"site profile {args.profile}" if profile else "given threshold", float(args.threshold))
-    points = predictor.card.operating_points
-    model_label = f"{predictor.card.name} {predictor.card.version}".strip()
+    return predictor
 
-    heatmaps = None
-    if args.heatmaps:
-        from engine.inference.heatmap_files import HeatmapFolder
-        heatmaps = HeatmapFolder(predictor, args.heatmaps, args.batch_size)
-        try:
-            heatmaps.load_explainer()   # before the first batch: nothing waits on it half-way
-        except Exception as exc:
-            print(f"error: cannot load the network for heatmaps: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 3
 
+def _heatmap_folder(args: argparse.Namespace, predictor):
+    """``--heatmaps``: the PNG writer with its explainer loaded (None without the option)."""
+    if not args.heatmaps:
+        return None
+    from engine.inference.heatmap_files import HeatmapFolder
+    heatmaps = HeatmapFolder(predictor, args.heatmaps, args.batch_size)
+    try:
+        heatmaps.load_explainer()   # before the first batch: nothing waits on it half-way
+    except Exception as exc:
+        raise _Stop(3, f"error: cannot load the network for heatmaps: {type(exc).__name__}: {exc}") from None
+    return heatmaps
+
+
+def _override(args: argparse.Namespace, profile) -> Optional[OperatingPoint]:
+    """The threshold given (``--threshold`` or a profile's), which replaces the card's points."""
+    if args.threshold is None:
+        return None
+    return OperatingPoint(f"site profile {args.profile}" if profile else "given threshold", float(args.threshold))
+
+
+def _write_results(args: argparse.Namespace, predictor, threshold: float, override: Optional[OperatingPoint],
+                   heatmaps, out: Path) -> tuple[dict[str, int], object]:
+    """Predict every input and write one CSV row each (and the heatmaps and DICOM objects asked for).
+
+    Returns the counts (ok, error, flagged) and the ``--dicom-out`` writer (None without it)."""
     items = list(iter_inputs(args.paths))
     bar = tqdm(total=len(items), unit="file", file=sys.stderr, disable=args.quiet, desc="predicting")
     columns = CSV_COLUMNS + (IDENTIFIER_COLUMNS if args.include_identifiers else [])
     counts = {"ok": 0, "error": 0, "flagged": 0}
-    out = Path(args.out)
+    points = predictor.card.operating_points
+    model_label = f"{predictor.card.name} {predictor.card.version}".strip()
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         write_row = row_writer(f, columns)
@@ -142,25 +166,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 dicom_out.add(next(sources), pred)
             counts[pred.status] += 1
             point = for_study(predictor.threshold, points, pred.metadata.age_band, override)
-            flagged = pred.ok and flag_rule(pred.probability, point.threshold)
-            counts["flagged"] += int(flagged)
+            counts["flagged"] += int(pred.ok and flag_rule(pred.probability, point.threshold))
             label = anonymous_name(pred.name) if args.anonymise_names else pred.name
-            row = prediction_row(pred, point.threshold, model_label, label=label,
-                                 include_identifiers=args.include_identifiers, operating_point=point.name)
-            write_row(row)
+            write_row(prediction_row(pred, point.threshold, model_label, label=label,
+                                     include_identifiers=args.include_identifiers, operating_point=point.name))
             if heatmaps is not None and pred.image is not None:
                 heatmaps.add(label, pred)
         if heatmaps is not None:
             heatmaps.close()
     bar.close()
+    return counts, dicom_out
+
+
+def _report(counts: dict[str, int], threshold: float, override: Optional[OperatingPoint], points: dict,
+            out: Path, dicom_out) -> None:
+    """The one-line summary on stderr (and the DICOM writer's)."""
     at = f"threshold {threshold:.3f}" if override or not points else (
         f"the card's operating points: {threshold:.3f}, " + ", ".join(f"{n} {p.threshold:.3f}" for n, p in points.items()))
     print(f"{counts['ok'] + counts['error']} files: {counts['ok']} read ({counts['flagged']} flagged at "
           f"{at}), {counts['error']} refused. Results: {out}", file=sys.stderr)
     if dicom_out is not None:
         print(dicom_out.summary(), file=sys.stderr)
-    return 0
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; the exit code (see the module docstring)."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        _check_args(args)
+        profile = _apply_profile(args)
+        predictor = _load_predictor(args)
+        heatmaps = _heatmap_folder(args, predictor)
+    except _Stop as stop:
+        print(stop.message, file=sys.stderr)
+        return stop.code
+    threshold = predictor.threshold if args.threshold is None else args.threshold
+    override = _override(args, profile)
+    out = Path(args.out)
+    counts, dicom_out = _write_results(args, predictor, threshold, override, heatmaps, out)
+    _report(counts, threshold, override, predictor.card.operating_points, out, dicom_out)
+    return 0
 
 def _dicom_out(args, predictor, threshold: float):
     """``--dicom-out``: the SR, parametric map and heatmap capture writer (None without the option)."""

@@ -406,81 +406,108 @@ def _load(checkpoint: Optional[str]):
     return Predictor.from_checkpoint(checkpoint), model_key(checkpoint)
 
 
+def _query(args: argparse.Namespace) -> int:
+    """``query``: one line per matching study (identifiers only when asked)."""
+    for hit in query(args.url, date_from=args.date_from, date_to=args.date_to,
+                     modality=(args.modality or [""])[0], accession=args.accession,
+                     study_uid=args.study, limit=args.limit):
+        line = f"{hit.study_uid}\t{hit.date}\t{hit.modalities}\t{hit.instances}"
+        if args.include_identifiers:
+            line += f"\t{hit.patient_name}\t{hit.patient_id}\t{hit.accession}"
+        print(line)
+    return 0
+
+
+def _load_or_say(checkpoint: Optional[str]):
+    """:func:`_load`, or None after saying why the model cannot be loaded (exit code 3)."""
+    from engine.errors import CheckpointError
+    try:
+        return _load(checkpoint)
+    except CheckpointError as exc:
+        print(f"error: cannot load the model: {exc}", file=sys.stderr)
+        return None
+
+
+def _pull(args: argparse.Namespace) -> int:
+    """``pull``: retrieve into the store, then score what came (unless ``--no-score``)."""
+    from engine.worklist.store import Store
+    store = Store(args.store)
+    shas = pull(args.url, store, modalities=tuple(args.modality or DEFAULT_MODALITIES),
+                date_from=args.date_from, date_to=args.date_to, accession=args.accession,
+                study_uid=args.study, limit=args.limit)
+    print(f"{len(shas)} instance(s) retrieved into {store.root}", file=sys.stderr)
+    if shas and not args.no_score:
+        from engine.worklist.ingest import score_files
+        loaded = _load_or_say(args.checkpoint)
+        if loaded is None:
+            return 3
+        predictor, key = loaded
+        n = score_files(store, {s: s[:12] for s in shas}, predictor, key)
+        print(f"{n} scored", file=sys.stderr)
+    return 0
+
+
+def _send_rows(store, rows: list, writer, dest: Destination, calling_aet: str) -> tuple[int, int]:
+    """Send each row's results: (objects sent, rows that failed). One row's failure is said and never
+    stops the others; PacsUnreachable (the destination is down: the others would fail alike) does."""
+    from engine.pacs.dicom_out import NotDicomError
+    sent, failed = 0, 0
+    for row in rows:
+        try:
+            sent += send_study_results(store, row, writer, dest, calling_aet=calling_aet)
+        except NotDicomError:
+            print(f"study row {row.id}: not DICOM, nothing to send", file=sys.stderr)
+        except PacsUnreachable:
+            raise                          # main says so (exit code 4)
+        except (EngineError, OSError) as exc:
+            failed += 1
+            print(f"study row {row.id}: not sent: {exc}", file=sys.stderr)
+        except Exception as exc:           # a bug in one row's objects: said, and the next row goes on
+            failed += 1
+            print(f"study row {row.id}: not sent: the result objects could not be written "
+                  f"({type(exc).__name__})", file=sys.stderr)
+    return sent, failed
+
+
+def _send(args: argparse.Namespace) -> int:
+    """``send``: the results of the chosen scored inbox studies to ``--to``; 1 when a row failed."""
+    from engine.worklist.store import Store
+    try:
+        dest = parse_destination(args.to)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = Store(args.store)
+    from engine.pacs.dicom_out import ResultWriter
+    loaded = _load_or_say(args.checkpoint)
+    if loaded is None:
+        return 3
+    predictor, key = loaded
+    writer = ResultWriter(predictor, args.threshold,
+                          None if args.threshold is None else "--threshold on the command line")
+    wanted = set(args.study_row or [])
+    rows = [r for r in store.studies(None, key) if r.inbox and r.sha256 and r.result is not None
+            and r.result.status == "ok" and (not wanted or r.id in wanted)]
+    sent, failed = _send_rows(store, rows, writer, dest, args.calling_aet)
+    print(f"{sent} object(s) sent to {dest} for {len(rows) - failed} of {len(rows)} study row(s)"
+          + (f"; {failed} not sent (above)" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one subcommand; the exit code (see the module docstring)."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from engine.errors import CheckpointError
-    from engine.worklist.store import Store
     if args.command == "outbox":
         return _outbox(args)
+    command = {"query": _query, "pull": _pull, "send": _send}.get(args.command)
+    if command is None:
+        return 2
     try:
-        if args.command == "query":
-            for hit in query(args.url, date_from=args.date_from, date_to=args.date_to,
-                             modality=(args.modality or [""])[0], accession=args.accession,
-                             study_uid=args.study, limit=args.limit):
-                line = f"{hit.study_uid}\t{hit.date}\t{hit.modalities}\t{hit.instances}"
-                if args.include_identifiers:
-                    line += f"\t{hit.patient_name}\t{hit.patient_id}\t{hit.accession}"
-                print(line)
-            return 0
-        if args.command == "pull":
-            store = Store(args.store)
-            shas = pull(args.url, store, modalities=tuple(args.modality or DEFAULT_MODALITIES),
-                        date_from=args.date_from, date_to=args.date_to, accession=args.accession,
-                        study_uid=args.study, limit=args.limit)
-            print(f"{len(shas)} instance(s) retrieved into {store.root}", file=sys.stderr)
-            if shas and not args.no_score:
-                from engine.worklist.ingest import score_files
-                try:
-                    predictor, key = _load(args.checkpoint)
-                except CheckpointError as exc:
-                    print(f"error: cannot load the model: {exc}", file=sys.stderr)
-                    return 3
-                n = score_files(store, {s: s[:12] for s in shas}, predictor, key)
-                print(f"{n} scored", file=sys.stderr)
-            return 0
-        if args.command == "send":
-            try:
-                dest = parse_destination(args.to)
-            except ValueError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            store = Store(args.store)
-            from engine.pacs.dicom_out import NotDicomError, ResultWriter
-            try:
-                predictor, key = _load(args.checkpoint)
-            except CheckpointError as exc:
-                print(f"error: cannot load the model: {exc}", file=sys.stderr)
-                return 3
-            writer = ResultWriter(predictor, args.threshold,
-                                  None if args.threshold is None else "--threshold on the command line")
-            wanted = set(args.study_row or [])
-            rows = [r for r in store.studies(None, key) if r.inbox and r.sha256 and r.result is not None
-                    and r.result.status == "ok" and (not wanted or r.id in wanted)]
-            sent, failed = 0, 0
-            for row in rows:                   # one row's failure is said and never stops the others
-                try:
-                    sent += send_study_results(store, row, writer, dest, calling_aet=args.calling_aet)
-                except NotDicomError:
-                    print(f"study row {row.id}: not DICOM, nothing to send", file=sys.stderr)
-                except PacsUnreachable as exc:
-                    print(f"error: {exc}", file=sys.stderr)
-                    return 4                   # the destination is down: the other rows would fail alike
-                except (EngineError, OSError) as exc:
-                    failed += 1
-                    print(f"study row {row.id}: not sent: {exc}", file=sys.stderr)
-                except Exception as exc:       # a bug in one row's objects: said, and the next row goes on
-                    failed += 1
-                    print(f"study row {row.id}: not sent: the result objects could not be written "
-                          f"({type(exc).__name__})", file=sys.stderr)
-            print(f"{sent} object(s) sent to {dest} for {len(rows) - failed} of {len(rows)} study row(s)"
-                  + (f"; {failed} not sent (above)" if failed else ""), file=sys.stderr)
-            return 1 if failed else 0
-    except PacsError as exc:
+        return command(args)
+    except PacsError as exc:               # PacsUnreachable included: the server is down or refused
         print(f"error: {exc}", file=sys.stderr)
         return 4
-    return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())
