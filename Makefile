@@ -8,7 +8,7 @@ PORT   ?= 8501
 ADDRESS ?= 127.0.0.1
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-test browser pacs bench clean
+.PHONY: run test install install-test browser pacs viewer bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	touch $@
 
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test browser pacs
+install-test: $(VENV)/.installed-test browser pacs viewer
 
 # Debian's Chromium for the real-browser tests (Playwright must never download its own browser).
 browser:
@@ -38,6 +38,24 @@ pacs:
 	   command -v dciodvfy >/dev/null 2>&1 && [ -e /usr/share/java/pixelmed.jar ] && \
 	   command -v java >/dev/null 2>&1; } || { $(SUDO) apt-get update && \
 	  $(SUDO) apt-get install -y --no-install-recommends orthanc orthanc-dicomweb dicom3tools pixelmed-apps; }
+
+# OHIF, the open-source DICOMweb viewer, for tests/test_viewer.py: the npm package @ohif/app ships
+# the built viewer in dist/ (no build here: its engines field asks for Node 24, but serving dist/
+# needs none). `npm pack` fetches the pinned version, checked against the registry's SHA-1, into the
+# gitignored .cache/ohif/ once (skipped when unpacked); the test serves dist/ and downloads nothing.
+OHIF_VERSION ?= 3.13.2
+OHIF_SHA1    ?= 26a51ffcc1704c30fff403258a1d7392e9a991f3
+OHIF_DIR     := .cache/ohif
+viewer:
+	@[ -f $(OHIF_DIR)/$(OHIF_VERSION)/dist/index.html ] || { \
+	  command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends npm; }; \
+	  mkdir -p $(OHIF_DIR) && \
+	  ( cd $(OHIF_DIR) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null ) && \
+	  echo "$(OHIF_SHA1)  $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz" | sha1sum -c --quiet - && \
+	  rm -rf $(OHIF_DIR)/$(OHIF_VERSION).tmp && mkdir -p $(OHIF_DIR)/$(OHIF_VERSION).tmp && \
+	  tar -xzf $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz -C $(OHIF_DIR)/$(OHIF_VERSION).tmp --strip-components=1 package/dist package/package.json package/LICENSE && \
+	  rm -rf $(OHIF_DIR)/$(OHIF_VERSION) && mv $(OHIF_DIR)/$(OHIF_VERSION).tmp $(OHIF_DIR)/$(OHIF_VERSION) && \
+	  rm -f $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz; }
 
 run: install
 	$(PY) -m streamlit run dashboard/Home.py --server.port $(PORT) --server.address $(ADDRESS)

@@ -288,6 +288,16 @@ def _algorithm(finding: Finding, identity: AlgorithmIdentity) -> hd.sr.Algorithm
                     f"operating point: {finding.threshold_origin}"[:1024]])
 
 
+def _whole_image(source: Dataset) -> hd.sr.CoordinatesForMeasurement:
+    """TID 300 row 'INFERRED FROM' (TID 320): the probability comes from the whole image, as a closed
+    polyline along its edges ((0, 0) is the top-left pixel's top-left corner), SELECTED FROM it.
+    Viewers that show only measurements with spatial coordinates (OHIF) show the report on it."""
+    rows, columns = float(source.Rows), float(source.Columns)
+    edges = np.array([[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]])
+    return hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=edges,
+                                           source_image=hd.sr.SourceImageForRegion.from_source_image(source))
+
+
 def _measurement_group(source: Dataset, finding: Finding,
                        identity: AlgorithmIdentity) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """TID 1501: pneumonia as the finding, its probability and the threshold, the source image."""
@@ -300,7 +310,8 @@ def _measurement_group(source: Dataset, finding: Finding,
         algorithm_id=algorithm,
         measurements=[
             hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(finding.probability), 6),
-                              unit=NO_UNITS, algorithm_id=algorithm),
+                              unit=NO_UNITS, algorithm_id=algorithm,
+                              referenced_coordinates=[_whole_image(source)]),
             hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=round(float(finding.threshold), 6),
                               unit=NO_UNITS),
         ],
