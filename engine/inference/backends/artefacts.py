@@ -138,17 +138,24 @@ def export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
 
 
 def _export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
+    from engine.model.checkpoint import load_checkpoint
+    from engine.inference.backends.torch_backend import fuse_for_inference
+    model, card = load_checkpoint(ckpt_dir)
+    log.info("exporting %s to ONNX (once for these weights): %s", ckpt_dir, out)
+    return export_module(fuse_for_inference(model), card, out)
+
+
+def export_module(folded, card: ModelCard, out: Path) -> Path:
+    """Export a BatchNorm-folded network of ``card``'s shape as the product's graph: (logits, features,
+    the last stage's input), float32, dynamic batch (:func:`export_onnx` for a checkpoint's own)."""
     import warnings
 
     import torch
 
-    from engine.model.checkpoint import load_checkpoint
-    from engine.inference.backends.torch_backend import WithFeatures, fuse_for_inference
-    model, card = load_checkpoint(ckpt_dir)
-    net = WithFeatures(fuse_for_inference(model).float().eval()).eval()   # (logits, features) for the OOD score
+    from engine.inference.backends.torch_backend import WithFeatures
+    net = WithFeatures(folded.float().eval()).eval()   # (logits, features) for the OOD score
     p = card.preprocessing
     example = torch.zeros(2, p.in_channels, p.image_size, p.image_size)
-    log.info("exporting %s to ONNX (once for these weights): %s", ckpt_dir, out)
 
     def write(tmp: str) -> None:
         # The exporter draws from torch's global RNG; a training run that calibrates a checkpoint
@@ -165,5 +172,5 @@ def _export_onnx(ckpt_dir: str | Path, out: Path) -> Path:
     return out
 
 
-__all__ = ["cache_root", "artefact_dir", "artefact_key", "onnx_path", "export_onnx", "weights_sha256",
+__all__ = ["cache_root", "artefact_dir", "artefact_key", "onnx_path", "export_onnx", "export_module", "weights_sha256",
            "CARD_FILE", "INT8_FILE", "INT8_REPORT"]

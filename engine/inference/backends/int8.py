@@ -49,15 +49,42 @@ def _read_report(folder: Path) -> Optional[dict]:
         return None
 
 
+def _shipped(ckpt_dir: str | Path) -> Optional[Path]:
+    """The checkpoint's own INT8 graph (``training.qat``), when its report names these weights."""
+    folder = Path(ckpt_dir)
+    report = _read_report(folder)
+    if not (report and (folder / artefacts.INT8_FILE).is_file()):
+        return None
+    try:
+        same = report.get("weights_sha256") == artefacts.weights_sha256(folder)
+    except Exception:
+        return None
+    return folder if same else None
+
+
+def _folder(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> Path:
+    """Where this checkpoint's INT8 graph and report are: the checkpoint's own (shipped with it, built
+    by quantization-aware distillation), else the cache (built from the weights by :func:`build`)."""
+    return _shipped(ckpt_dir) or artefacts.artefact_dir(ckpt_dir, card)
+
+
 def int8_path(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> Optional[Path]:
-    path = artefacts.artefact_dir(ckpt_dir, card) / artefacts.INT8_FILE
+    path = _folder(ckpt_dir, card) / artefacts.INT8_FILE
     return path if path.is_file() else None
+
+
+def report_for(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> Optional[dict]:
+    """The INT8 graph's gate report (figures, recipe, passed), or None where there is no graph."""
+    try:
+        return _read_report(_folder(ckpt_dir, card))
+    except Exception:
+        return None
 
 
 def ready(ckpt_dir: str | Path, card: Optional[ModelCard] = None) -> bool:
     """An INT8 graph exists for these weights and passed its agreement gate."""
     try:
-        folder = artefacts.artefact_dir(ckpt_dir, card)
+        folder = _folder(ckpt_dir, card)
     except Exception:
         return False
     report = _read_report(folder)
@@ -93,7 +120,17 @@ def _excluded_nodes(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1 and keep_float(n.input[1])]
 
 
-def quantize(fp32: Path, out: Path, calibration: np.ndarray, batch: int = 16) -> None:
+def _attention_only(model) -> list[str]:
+    """Convolutions kept in float by the quantization-aware graph: CBAM's attention alone."""
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1
+            and ".attn." in f".{n.input[1].removeprefix('net.')}"]
+
+
+def quantize(fp32: Path, out: Path, calibration: np.ndarray, batch: int = 16, *,
+             whole: bool = False) -> None:
+    """``whole``: every convolution but CBAM's attention in INT8, with 7-bit weights (ONNX Runtime's
+    ``reduce_range``: u8 x s7 products cannot saturate the 16-bit sums of AVX2 without VNNI, so every
+    x86 CPU computes the same integers); else the cache recipe (:data:`RECIPE`)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -107,11 +144,12 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, batch: int = 16) ->
         def get_next(self):
             return next(self.it, None)
 
-    excluded = _excluded_nodes(onnx.load(str(fp32), load_external_data=False))
+    graph = onnx.load(str(fp32), load_external_data=False)
+    excluded = _attention_only(graph) if whole else _excluded_nodes(graph)
 
     def write(tmp: str) -> None:
         quantize_static(str(fp32), tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=whole, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
                         nodes_to_exclude=excluded)
     artefacts.atomic_write(out, write)
@@ -163,6 +201,77 @@ def build(ckpt_dir: Path, paths: Sequence[Path], labels: np.ndarray, every: int 
               "cpu": cpu_info().summary(), "weights_sha256": artefacts.weights_sha256(ckpt_dir)}
     artefacts.write_json(folder / artefacts.INT8_REPORT, report)
     return report
+
+
+QAT_RECIPE = ("QDQ, per-channel 7-bit symmetric weights, uint8 activations, MinMax calibration on training "
+              "images; every convolution in INT8 but CBAM's attention")
+
+
+def gate_sets(ckpt_dir: Path, data_dir: Path, dev_dir: Optional[Path]) -> dict[str, tuple[list[Path], np.ndarray]]:
+    """The images the gate compares on: the checkpoint's validation images, and the dev half of the
+    official test split when given (its class folders NORMAL and PNEUMONIA)."""
+    sets = {"validation": validation_files(ckpt_dir, data_dir)}
+    if dev_dir is not None:
+        found = [(p, int(p.parent.name.upper() == "PNEUMONIA")) for p in sorted(dev_dir.rglob("*"))
+                 if p.suffix.lower() in {".jpeg", ".jpg", ".png"} and p.parent.name.upper() in {"NORMAL", "PNEUMONIA"}]
+        if found:
+            sets["kermany-test-dev"] = ([p for p, _ in found], np.array([y for _, y in found]))
+    return sets
+
+
+def build_from_module(ckpt_dir: Path, folded, calibration: np.ndarray, recipe: dict,
+                      gate_sets: dict[str, tuple[list[Path], np.ndarray]]) -> dict:
+    """Quantise a (fine-tuned) folded network into the checkpoint's own ``model.int8.onnx``, gate it
+    against the checkpoint's float32 network on every image of every gate set, write the report
+    beside it and record the gate in the card (``int8``)."""
+    import tempfile
+
+    import torch
+
+    from engine.inference.backends.ort import OrtRunner
+    from engine.model.checkpoint import CARD_FILE, load_checkpoint
+    from engine.model.probability import positive_probability
+    card = read_card(ckpt_dir)
+    out = Path(ckpt_dir) / artefacts.INT8_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = artefacts.export_module(folded, card, Path(tmp) / "qat.onnx")
+        t = time.perf_counter()
+        quantize(fp32, out, calibration, whole=True)
+        seconds = time.perf_counter() - t
+    model, _ = load_checkpoint(ckpt_dir)
+    runner = OrtRunner(out, "onnx-int8")
+    prob = lambda z: positive_probability(z, card.temperature, card.positive_index)
+    figures = {}
+    for name, (paths, labels) in gate_sets.items():
+        x = _inputs(card, paths)
+        with torch.inference_mode():
+            ref = np.concatenate([model(torch.from_numpy(x[i:i + 64])).numpy() for i in range(0, len(x), 64)])
+        new = np.concatenate([runner.logits_np(x[i:i + 64]) for i in range(0, len(x), 64)])
+        figures[name] = agreement(prob(ref), prob(new), labels, card.threshold)
+    report = {"passed": all(passes(a) for a in figures.values()), "gate": GATE, "recipe": QAT_RECIPE,
+              "training": recipe, "threshold": card.threshold, "sets": figures,
+              "calibration_images": int(len(calibration)), "quantize_seconds": round(seconds, 1),
+              "cpu": cpu_info().summary(), "weights_sha256": artefacts.weights_sha256(ckpt_dir),
+              "graph_sha256": _sha256(out)}
+    artefacts.write_json(Path(ckpt_dir) / artefacts.INT8_REPORT, report)
+    card_path = Path(ckpt_dir) / CARD_FILE
+    raw = json.loads(card_path.read_text())
+    raw["int8"] = {"file": artefacts.INT8_FILE, "report": artefacts.INT8_REPORT, "passed": report["passed"],
+                   "recipe": QAT_RECIPE, "gate": GATE, "graph_sha256": report["graph_sha256"],
+                   "max_probability_difference": {k: round(v["max_probability_difference"], 4)
+                                                  for k, v in figures.items()},
+                   "flags_changed": {k: v["flags_changed"] for k, v in figures.items()}}
+    card_path.write_text(json.dumps(raw, indent=2) + "\n")
+    return report
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
