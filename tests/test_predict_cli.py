@@ -148,18 +148,30 @@ def test_flagged_follows_the_threshold_given(run, batch, tmp_path):
 
 # ------------------------------------------------------------------ exit codes
 
-@pytest.mark.parametrize("threshold", ["1.5", "-0.1"])
+@pytest.mark.parametrize("threshold", ["1.5", "-0.1", "nan", "inf", "high"])
 def test_bad_threshold_exits_2_before_writing(tmp_path, threshold, capsys):
     out = tmp_path / "r.csv"
-    assert main([str(NORMAL[0]), "--out", str(out), "--threshold", threshold]) == 2
-    assert threshold in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([str(NORMAL[0]), "--out", str(out), "--threshold", threshold])
+    assert exc.value.code == 2
+    assert f"argument --threshold: must be a number between 0 and 1, got {threshold!r}" in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_unparsable_threshold_exits_2(tmp_path):
+@pytest.mark.parametrize("module, argv", [
+    ("engine.cli.predict", []), ("engine.cli.archive", []), ("engine.cli.ingest", []), ("engine.cli.monitor", []),
+    ("engine.pacs.receive", []), ("engine.pacs.send", ["send"]), ("training.evaluate", []), ("training.stress", [])])
+def test_every_command_checks_the_threshold_alike(module, argv, capsys):
+    """One rule and one message for --threshold in every python -m entry point (engine.inputs.arguments)."""
+    import importlib
+    parser = importlib.import_module(module).get_args_parser()
     with pytest.raises(SystemExit) as exc:
-        main([str(NORMAL[0]), "--out", str(tmp_path / "r.csv"), "--threshold", "high"])
+        parser.parse_args([*argv, "--threshold", "1.5"])
     assert exc.value.code == 2
+    assert "argument --threshold: must be a number between 0 and 1, got '1.5'" in capsys.readouterr().err
+    threshold = next(a for a in (parser._subparsers._group_actions[0].choices[argv[0]] if argv else parser)._actions
+                     if "--threshold" in a.option_strings)
+    assert threshold.type("0.25") == 0.25 and threshold.type("0") == 0.0 and threshold.type("1") == 1.0
 
 
 @pytest.mark.parametrize("size", ["0", "-1"])

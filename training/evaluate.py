@@ -42,6 +42,7 @@ import numpy as np
 from engine.evaluation import metrics as M
 from engine.model.checkpoint import CARD_FILE
 from engine.errors import CheckpointError
+from engine.inputs import arguments
 from training import data as ds
 
 GROUPS = ("TP", "TN", "FP", "FN")
@@ -60,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + model_card.json)")
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
+    p.add_argument("--threshold", type=arguments.threshold, help="decision threshold (default: the model card's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gradcam-samples", type=int, default=4, help="images per group TP/TN/FP/FN (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -272,8 +273,6 @@ def write_gradcam(out: Path, predictor, samples: Sequence[ds.Sample], names: Seq
 
 def _check_args(args: argparse.Namespace) -> None:
     """Usage errors, before anything loads."""
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise EvaluationError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
         raise EvaluationError(f"--batch-size must be at least 1, got {args.batch_size}")
 

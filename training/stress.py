@@ -32,6 +32,7 @@ import numpy as np
 from engine.evaluation import metrics as M
 from engine.decode import read_image
 from engine.errors import ImageReadError
+from engine.inputs import arguments
 from training.evaluate import (EvaluationError, add_data_arguments, display_name, index_eval_data,
                                run_command)
 
@@ -121,7 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped model)")
     add_data_arguments(p)
     p.add_argument("--out", type=Path, help="CSV file for the table")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
+    p.add_argument("--threshold", type=arguments.threshold, help="decision threshold (default: the model card's)")
     names = ", ".join(CONDITIONS).replace("%", "%%")   # argparse %-formats help strings
     p.add_argument("--conditions", help=f"comma-separated subset of: {names}")
     return p
@@ -189,8 +190,6 @@ def main(args: argparse.Namespace) -> list[StressRow]:
     from engine.inference.predictor import Predictor
 
     conditions = _chosen(args.conditions)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise EvaluationError(f"--threshold must be in [0, 1], got {args.threshold}")
     samples = index_eval_data(args.data_dir, args.split)
     predictor = Predictor.from_checkpoint(args.checkpoint)
     root = Path(args.data_dir)

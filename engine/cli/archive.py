@@ -47,6 +47,7 @@ from engine.model.checkpoint import DEFAULT_MODEL_DIR
 from engine.errors import CheckpointError
 from engine.worklist.csvsafe import IDENTIFIER_COLUMNS, RESULT_COLUMNS as CSV_COLUMNS, anonymous_name
 from engine.evaluation.metrics import flagged as flag_rule
+from engine.inputs import arguments
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (parts, predictions.parquet, summary.json)")
     p.add_argument("--address", help="a running Ray cluster to join (default: start a local one)")
     p.add_argument("--checkpoint", default=str(DEFAULT_MODEL_DIR))
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
+    p.add_argument("--threshold", type=arguments.threshold, help="decision threshold (default: the model card's)")
     p.add_argument("--heatmaps", action="store_true", help="write DIR/heatmaps/NAME_<sha>.png (original | Grad-CAM)")
     p.add_argument("--csv", action="store_true", help="also write predictions.csv")
     p.add_argument("--include-identifiers", action="store_true", help="add patient identifier columns")
@@ -337,8 +338,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _usage_error(args: argparse.Namespace) -> Optional[str]:
     """The first usage error (exit code 2), or None."""
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        return f"--threshold must be between 0 and 1, got {args.threshold}"
     if args.batch_size < 1 or args.workers < 0:
         return "--batch-size must be at least 1 and --workers at least 0"
     return None

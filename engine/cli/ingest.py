@@ -28,6 +28,7 @@ from engine.inputs.sources import iter_inputs
 from engine.monitoring import audit, periods
 from engine.worklist.ingest import ingest, score_pending
 from engine.worklist.store import Store, StudyRow
+from engine.inputs import arguments
 
 SOURCE = "batch"
 
@@ -40,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=SOURCE, help=f"the studies' source label (default {SOURCE})")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     p.add_argument("--worklist", metavar="TOKEN", help="a worklist's link token (?w=...); default: the shared inbox")
-    p.add_argument("--threshold", type=float, help="monitoring threshold (default: the period's, or the card's)")
+    p.add_argument("--threshold", type=arguments.threshold, help="monitoring threshold (default: the period's, or the card's)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help="inference backend (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -56,9 +57,6 @@ def _summary(new: Sequence[StudyRow], offered: int, where: str, label: str, thre
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        print(f"error: --threshold must be between 0 and 1, got {args.threshold}", file=sys.stderr)
-        return 2
     if not args.source.strip() or len(args.source) > 40:
         print("error: --source must be 1-40 characters", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from engine.errors import CheckpointError, StoreError
 from engine.monitoring import periods, report, state
 from engine.monitoring.windows import WindowSpec, parse_range
 from engine.worklist.store import Store
+from engine.inputs import arguments
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="FROM..TO", help="a window of the period to compare with (ISO dates)")
     p.add_argument("--accept-reference", action="store_true", help="record --reference as the period's reference")
     p.add_argument("--checkpoint", help="the monitored checkpoint (default: the period's, else the shipped model)")
-    p.add_argument("--threshold", type=float, help="the monitored threshold (default: the period's, else the card's)")
+    p.add_argument("--threshold", type=arguments.threshold, help="the monitored threshold (default: the period's, else the card's)")
     p.add_argument("--audit-share", type=float,
                    help="share of unflagged studies drawn for audit (default: the period's)")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON")
@@ -96,9 +97,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.accept_reference and given is None:
         print("error: --accept-reference needs --reference FROM..TO", file=sys.stderr)
-        return 2
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        print(f"error: --threshold must be between 0 and 1, got {args.threshold}", file=sys.stderr)
         return 2
     try:
         period = _period(store, args)

@@ -27,6 +27,7 @@ from engine.errors import CheckpointError
 from engine.inputs.sources import iter_inputs
 from engine.evaluation.metrics import flagged as flag_rule
 from engine.model.operating_point import OperatingPoint, for_study
+from engine.inputs import arguments
 
 CSV_COLUMNS = RESULT_COLUMNS
 
@@ -37,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or ZIP archives")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--checkpoint", default=str(DEFAULT_MODEL_DIR), help="checkpoint folder (default: the shipped model)")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
+    p.add_argument("--threshold", type=arguments.threshold, help="decision threshold (default: the model card's)")
     p.add_argument("--profile", metavar="NAME",
                    help="a saved site profile's threshold (engine.evaluation.site; the dashboard's Performance page saves them)")
     p.add_argument("--heatmaps", help="folder for one PNG per readable file: original | Grad-CAM overlay")
@@ -80,8 +81,6 @@ class _Stop(Exception):
 
 def _check_args(args: argparse.Namespace) -> None:
     """Usage errors (exit code 2), before anything heavy loads."""
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise _Stop(2, f"error: --threshold must be between 0 and 1, got {args.threshold}")
     if args.batch_size < 1:
         raise _Stop(2, f"error: --batch-size must be at least 1, got {args.batch_size}")
     if args.profile and args.threshold is not None:

@@ -71,6 +71,7 @@ from engine.inference.backends import CHOICES as BACKEND_CHOICES
 from engine.pacs.send import SOURCE_RECEIVER, Destination, parse_destination, send, study_name
 from engine.evaluation.metrics import flagged as flag_rule
 from engine.settings import settings
+from engine.inputs import arguments
 
 log = logging.getLogger("engine.receive")
 
@@ -804,7 +805,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="calling AE title allowed to send (repeatable; default: $CXR_RECEIVE_ALLOW_AETS, else any)")
     p.add_argument("--forward-to", help="send each result (SR + heatmap capture) to AET@HOST:PORT (C-STORE) "
                                         "or an http(s):// DICOMweb root (STOW-RS)")
-    p.add_argument("--threshold", type=float, help="decision threshold in the reports (default: the model card's)")
+    p.add_argument("--threshold", type=arguments.threshold, help="decision threshold in the reports (default: the model card's)")
     p.add_argument("--debug", action="store_true",
                    help="debug logging, the DICOM libraries' included: their lines quote UIDs and patient "
                         "names, so the log then holds identifiers")
@@ -826,8 +827,6 @@ def configure_logging(debug: bool = False) -> None:
 def _usage_error(args) -> Optional[str]:
     if not 0 < args.port < 65536:
         return f"--port must be 1-65535, got {args.port}"
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        return f"--threshold must be between 0 and 1, got {args.threshold}"
     if not 0 < len(args.aet) <= 16:
         return "--aet must be 1-16 characters"
     return None

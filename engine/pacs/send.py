@@ -38,6 +38,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 from pydicom.dataset import Dataset
 from engine.errors import EngineError, ImageTooLargeError, PacsError, PacsUnreachable  # noqa: F401  (this module's interface)
 from engine.inputs import limits
+from engine.inputs import arguments
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", required=True, help="AET@HOST:PORT (C-STORE) or an http(s):// DICOMweb root (STOW-RS)")
     s.add_argument("--study-row", type=int, action="append", help="inbox study row id (repeatable; default: all scored)")
     s.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
-    s.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
+    s.add_argument("--threshold", type=arguments.threshold, help="decision threshold (default: the model card's)")
     s.add_argument("--calling-aet", default="TRIAGE", help="our AE title for C-STORE")
     o = sub.add_parser("outbox", help="list the results the receiver forwards: pending, sent, failed")
     o.add_argument("--store", help="store folder (default: $CXR_STORE_DIR or the user's data folder)")
