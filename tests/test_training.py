@@ -192,6 +192,27 @@ def test_plain_kernels_train_the_same_numbers(tiny_run, tmp_path):
         torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4, msg=k)
 
 
+def test_init_from_starts_from_a_checkpoints_weights_and_says_so(tiny_run, tmp_path):
+    """--init-from fine-tunes: the run starts from the checkpoint's weights (with lr 0 and no EMA they
+    come out unchanged, BatchNorm statistics aside), the card names the weights it started from, and a
+    checkpoint of another preprocessing is refused, naming the difference."""
+    from engine.inference.backends.artefacts import weights_sha256
+    start = tiny_run / "best"
+    out = tmp_path / "fine"
+    with single_thread():
+        train.main(tiny_args(out, "--init-from", str(start), "--epochs", "1", "--lr", "0", "--ema", "0"))
+    a, b = load_file(str(out / "last/model.safetensors")), load_file(str(start / "model.safetensors"))
+    convs = [k for k in a if k.endswith(".weight") and a[k].dim() == 4]
+    assert convs
+    for k in convs:
+        torch.testing.assert_close(a[k].float(), b[k].float(), msg=k)
+    card = json.loads((out / "last/model_card.json").read_text())
+    assert card["training"]["init_from"] == {"name": "tiny", "version": card["training"]["init_from"]["version"],
+                                             "weights_sha256": weights_sha256(start)}
+    with pytest.raises(SystemExit, match="image_size 64 \\(the run: 96\\)"):
+        train.main(tiny_args(tmp_path / "other", "--init-from", str(start), "--image-size", "96"))
+
+
 # ------------------------------------------------------------------ patient-wise split
 
 def test_patient_ids_from_real_file_names():

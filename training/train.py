@@ -70,6 +70,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "members share one split (the shipped model's is 0) and differ by --seed")
     p.add_argument("--resume", help="a run folder or its resume.safetensors to continue from")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights on disk")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from a trained checkpoint's weights (fine-tuning: same architecture and "
+                        "preprocessing; the card records which weights)")
     p.add_argument("--limit", type=int, default=0, help="use at most N training images (quick runs)")
     p.add_argument("--train-splits", default="train,val", help="folder splits pooled before the patient-wise split")
     p.add_argument("--val-fraction", type=float, default=0.15)
@@ -190,7 +193,7 @@ RESUME_MUST_MATCH = ("data_dir", "arch", "epochs", "batch_size", "lr", "weight_d
                      "scheduler", "image_size", "in_channels", "intensity", "seed", "split_seed", "limit",
                      "train_splits", "val_fraction", "loss", "sampler", "label_smoothing", "ema",
                      "hflip", "no_augment", "augment_border", "augment_equalize", "augment_clahe", "pretrained",
-                     "distill_from", "distill_weight")
+                     "distill_from", "distill_weight", "init_from")
 
 
 def _check_resume_args(saved: dict, now: dict) -> None:
@@ -314,14 +317,42 @@ def _load_data(args: argparse.Namespace, ctx: _Context) -> _Data:
 def _build_networks(args: argparse.Namespace, ctx: _Context
                     ) -> tuple[torch.nn.Module, Optional[AveragedModel], torch.nn.Module]:
     """The model, its EMA (None with ``--ema 0``) and the network as trained (DDP, compiled)."""
-    model = ctx.policy.prepare_model(build_model(args.arch, in_channels=args.in_channels,
-                                                 pretrained=args.pretrained))
+    model = build_model(args.arch, in_channels=args.in_channels, pretrained=args.pretrained)
+    if args.init_from:
+        model.load_state_dict(initial_weights(args).state_dict())
+    model = ctx.policy.prepare_model(model)
     set_fused_training(model, not args.plain_kernels)
     ema = AveragedModel(model, avg_fn=ema_with_warmup(args.ema), use_buffers=True) if args.ema else None
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     if args.compile:
         net = torch.compile(net)
     return model, ema, net
+
+
+def initial_weights(args: argparse.Namespace) -> torch.nn.Module:
+    """The ``--init-from`` checkpoint's network, refused (naming the difference) when its architecture
+    or preprocessing is not the run's: its weights would not mean what they meant."""
+    from engine.model.checkpoint import load_checkpoint
+    model, card = load_checkpoint(args.init_from)
+    ours = Preprocessing(args.image_size, args.in_channels, args.intensity)
+    theirs = card.preprocessing
+    diffs = [f"{name} {a!r} (the run: {b!r})" for name, a, b in (
+        ("architecture", card.architecture, args.arch), ("image_size", theirs.image_size, ours.image_size),
+        ("in_channels", theirs.in_channels, ours.in_channels), ("intensity", theirs.intensity, ours.intensity))
+        if a != b]
+    if diffs:
+        raise SystemExit(f"--init-from {args.init_from}: the checkpoint has " + ", ".join(diffs))
+    return model
+
+
+def _init_from_summary(args: argparse.Namespace) -> dict:
+    if not args.init_from:
+        return {}
+    from engine.inference.backends.artefacts import weights_sha256
+    from engine.model.checkpoint import read_card
+    card = read_card(args.init_from)
+    return {"init_from": {"name": card.name, "version": card.version,
+                          "weights_sha256": weights_sha256(args.init_from)}}
 
 
 def _build_loss_fn(args: argparse.Namespace, data: _Data, policy: DevicePolicy
@@ -423,7 +454,7 @@ def _model_card(args: argparse.Namespace, ctx: _Context, data: _Data, run: _Trai
                 "augmentation": run.augment.as_dict() if run.augment else None,
                 "pretrained": args.pretrained, "seed": args.seed,
                 "split_seed": args.split_seed,
-                "world_size": ctx.world,
+                "world_size": ctx.world, **_init_from_summary(args),
                 **({"distillation": {"weight": args.distill_weight,
                                      **run.teacher.describe()}} if run.teacher else {})}
     return ModelCard(architecture=args.arch, preprocessing=data.prep, name=args.name or args.arch,
