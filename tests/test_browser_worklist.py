@@ -104,8 +104,11 @@ def test_reload_restart_two_users_and_keyboard_review(browser, tmp_path):
         alice.locator('[data-testid="stExpander"] summary', has_text="Display").click()
         alice.get_by_text("Full resolution, linked zoom and pan").click()
         wait_idle(alice, MODEL_TIMEOUT_MS)
+        alice.get_by_text("both views move together").wait_for(timeout=MODEL_TIMEOUT_MS)   # the server drew it
+        alice.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
         alice.wait_for_function("""() => [...document.querySelectorAll('.js-plotly-plot image')]
-            .filter(i => (i.getAttribute('href') || '').startsWith('data:image/png')).length == 2""")
+            .filter(i => (i.getAttribute('href') || '').startsWith('data:image/png')).length == 2""",
+                                timeout=MODEL_TIMEOUT_MS)
         screenshot(alice, "worklist_01b_linked_full_resolution.png")
     finally:
         stop_server(server)
