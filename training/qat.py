@@ -175,6 +175,21 @@ def logits_of(net: nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray
     return np.concatenate([net(torch.from_numpy(images[i:i + batch])).numpy() for i in range(0, len(images), batch)])
 
 
+def simulated_agreement(args: argparse.Namespace, card, student: nn.Module) -> dict:
+    """The gate's figures for the fine-tuned network under its own INT8 simulation (before ONNX Runtime
+    calibrates and quantises it): says whether a failed gate comes from the fine-tuning or the export."""
+    from engine.inference.backends import int8
+    from engine.model.checkpoint import load_checkpoint
+    from engine.model.probability import positive_probability
+    teacher, _ = load_checkpoint(args.checkpoint)
+    prob = lambda z: positive_probability(z, card.temperature, card.positive_index)  # noqa: E731
+    out = {}
+    for name, (paths, labels) in int8.gate_sets(args.checkpoint, args.data_dir, args.dev_dir).items():
+        x = load_images(card, paths)
+        out[name] = int8.agreement(prob(logits_of(teacher, x)), prob(logits_of(student, x)), labels, card.threshold)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.qat", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,16 +219,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     teacher = logits_of(student, images)
     calibration = images[:args.calibration]
     history: list[dict] = []
+    simulated: dict = {}
     if not args.gate_only:
         wrapped = wrap(student)
         calibrate(student, wrapped, calibration)
         history = distil(student, teacher, images, card.temperature, epochs=args.epochs, batch=args.batch,
                          lr=args.lr, seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+        simulated = simulated_agreement(args, card, student)
+        print(json.dumps({"simulated": simulated}, indent=1), file=sys.stderr)
         unwrap(student)
     recipe = {"method": "none (post-training quantisation)" if args.gate_only else
               "quantization-aware distillation from the float checkpoint (fake INT8, straight-through)",
               "training_images": len(images), "epochs": 0 if args.gate_only else args.epochs,
-              "lr": args.lr, "batch": args.batch, "seed": args.seed, "history": history}
+              "lr": args.lr, "batch": args.batch, "seed": args.seed, "history": history,
+              "simulated_gate": simulated}
     report = int8.build_from_module(args.checkpoint, student, calibration, recipe,
                                     gate_sets=int8.gate_sets(args.checkpoint, args.data_dir, args.dev_dir))
     print(json.dumps({k: v for k, v in report.items() if k != "recipe"}, indent=1))

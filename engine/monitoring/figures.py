@@ -42,20 +42,24 @@ def drift_figure(report: dict) -> go.Figure:
                                                       shapes=shapes)})
 
 
+def _rate_trace(name: str, labels: list, rates: list[dict], color: str) -> dict:
+    """One share per window (``{"rate", "low", "high", "k", "n"}``) as a line with its exact interval as
+    error bars and "k of n" on hover; a window without a rate is a gap."""
+    def gap_or(f):
+        return [f(x) if x["rate"] is not None else None for x in rates]
+    return dict(type="scatter", mode="lines+markers", name=name, x=labels, y=[x["rate"] for x in rates],
+                line=dict(color=color),
+                error_y=dict(type="data", symmetric=False, array=gap_or(lambda x: x["high"] - x["rate"]),
+                             arrayminus=gap_or(lambda x: x["rate"] - x["low"])),
+                customdata=[[x["k"], x["n"]] for x in rates],
+                hovertemplate=name + ": %{y:.3f} (%{customdata[0]} of %{customdata[1]})<extra></extra>")
+
+
 def rates_figure(report: dict) -> go.Figure:
     """Warning share, flag rate and unreadable share per window, with exact 95% intervals."""
-    labels, data = _labels(report), []
-    for i, name in enumerate(("warning share", "flag rate", "unreadable share")):
-        r = [w["rates"][name] for w in report["windows"]]
-        y = [x["rate"] for x in r]
-        data.append(dict(type="scatter", mode="lines+markers", name=name, x=labels, y=y,
-                         line=dict(color=COLORS[i]),
-                         error_y=dict(type="data", symmetric=False,
-                                      array=[(x["high"] - x["rate"]) if x["rate"] is not None else None for x in r],
-                                      arrayminus=[(x["rate"] - x["low"]) if x["rate"] is not None else None
-                                                  for x in r]),
-                         customdata=[[x["k"], x["n"]] for x in r],
-                         hovertemplate=name + ": %{y:.3f} (%{customdata[0]} of %{customdata[1]})<extra></extra>"))
+    labels = _labels(report)
+    data = [_rate_trace(name, labels, [w["rates"][name] for w in report["windows"]], COLORS[i])
+            for i, name in enumerate(("warning share", "flag rate", "unreadable share"))]
     return go.Figure({"data": data, "layout": _layout("Rates per window (exact 95% intervals)", "window",
                                                       "share", yaxis=dict(range=[0, 1.02], title=dict(text="share")))})
 
@@ -109,17 +113,9 @@ def cusum_figure(report: dict) -> go.Figure:
 
 def readers_figure(report: dict) -> go.Figure:
     """Agreement with the model and the PPV of a flag per window, with exact 95% intervals."""
-    labels, data = _labels(report), []
-    for i, (key, name) in enumerate((("agreement", "agreement"), ("ppv", "PPV of a flag"))):
-        r = [w["readers"][key] for w in report["windows"]]
-        data.append(dict(type="scatter", mode="lines+markers", name=name, x=labels, y=[x["rate"] for x in r],
-                         line=dict(color=COLORS[i]),
-                         error_y=dict(type="data", symmetric=False,
-                                      array=[(x["high"] - x["rate"]) if x["rate"] is not None else None for x in r],
-                                      arrayminus=[(x["rate"] - x["low"]) if x["rate"] is not None else None
-                                                  for x in r]),
-                         customdata=[[x["k"], x["n"]] for x in r],
-                         hovertemplate=name + ": %{y:.3f} (%{customdata[0]} of %{customdata[1]})<extra></extra>"))
+    labels = _labels(report)
+    data = [_rate_trace(name, labels, [w["readers"][key] for w in report["windows"]], COLORS[i])
+            for i, (key, name) in enumerate((("agreement", "agreement"), ("ppv", "PPV of a flag")))]
     return go.Figure({"data": data, "layout": _layout("Readers per window (exact 95% intervals)", "window",
                                                       "share", yaxis=dict(range=[0, 1.02], title=dict(text="share")))})
 
