@@ -6,7 +6,8 @@ Starts the dashboard as a user does (its own store in a temporary folder), drive
 with Playwright: uploads the sample radiographs, sets the threshold to 0 (every study flagged), then
 times, each from the key press (or click) to the moment the browser shows the result:
 
-* ``open``: a worklist row's "Open in Review" to the study drawn (radiograph and heatmap images shown);
+* ``open``: a worklist row's "Open in Review" to the study drawn (the viewer's two canvases drawn,
+  radiograph and heatmap overlay);
 * ``A/D``: a decision key to the next study's name and its Agree button drawn;
 * ``N``: next flagged study to its name drawn (P is the same rerun, backwards);
 * ``performance``: the Performance page to its first chart drawn (the shipped validation set).
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
                 wait_idle(page)
                 t0 = time.perf_counter()
                 page.get_by_role("button", name="Open in Review").click()
-                page.locator('[data-testid="stImage"] img').nth(1).wait_for(timeout=120_000)
+                # the browser's viewer marks itself ready once both canvases are drawn (Grad-CAM included)
+                page.locator('[data-testid="cxrWindowViewer"][data-ready]').wait_for(timeout=120_000)
                 times["open"].append(time.perf_counter() - t0)
                 wait_idle(page, 120_000)
                 page.evaluate("document.activeElement && document.activeElement.blur()")
