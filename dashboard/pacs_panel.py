@@ -126,8 +126,9 @@ def outbox_status(store) -> None:
 # ------------------------------------------------------------------------------------------------
 # Send to PACS from Review
 
-def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "") -> None:
-    """A button that sends the reviewed study's SR (with the decision) and heatmap capture."""
+def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "", heat=None) -> None:
+    """A button that sends the reviewed study's SR (with the decision) and heatmap capture; ``heat``:
+    Review's cached Grad-CAM map of the study, reused rather than computed again."""
     from engine.pacs import send as pacs
     from engine.pacs.dicom_out import NotDicomError, ResultWriter
     dest_text = settings().pacs_destination
@@ -152,7 +153,7 @@ def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "")
     try:
         with st.spinner("Sending…"):
             n = pacs.send_study_results(store, rec, writer, dest,
-                                        calling_aet=settings().pacs_aet or "TRIAGE")
+                                        calling_aet=settings().pacs_aet or "TRIAGE", heat=heat)
     except NotDicomError:
         st.warning("Not a DICOM study: there is no study in the PACS to file the results into.")
     except pacs.PacsError as exc:

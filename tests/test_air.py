@@ -278,6 +278,22 @@ def test_the_parametric_map_holds_the_heatmap_on_the_source_grid(scored, written
         assert "InstitutionName" not in pm
 
 
+def test_a_heatmap_the_caller_already_has_is_used_not_computed_again(scored):
+    """Review's cached Grad-CAM goes into the map and the capture as given (the send does not run
+    Grad-CAM again); a map that does not fit the network input is refused, naming the file."""
+    data, pred = scored.cases[0]
+    computed = scored.writer.heat(pred)
+    given = np.ascontiguousarray(np.flipud(computed))                   # the same values, somewhere else
+    source = dicom_out.source_header(data)
+    pm = scored.writer.objects(data, pred, heat=given)[2]
+    values = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(pm.Rows, pm.Columns)
+    expected = np.clip(cv2.resize(given, (source.Columns, source.Rows), interpolation=cv2.INTER_LINEAR), 0, 1)
+    np.testing.assert_allclose(values, expected, atol=1e-6)
+    assert not np.allclose(given, computed)
+    with pytest.raises(ValueError, match=f"{pred.name}: a heatmap of shape \\(7, 7\\)"):
+        scored.writer.objects(data, pred, heat=np.zeros((7, 7), np.float32))
+
+
 # ------------------------------------------------------------------------------------------------
 # Into a PACS and back; the command line
 

@@ -213,14 +213,15 @@ def render() -> None:
         for w in rec.warnings:
             st.caption(f":material/warning: {w}")
         if shown is not None:
-            image, alone = shown
+            image, alone, _ = shown
             h1, h2 = st.columns(2)
             h1.image(alone, caption="Heatmap alone (evidence for pneumonia, warmer = more; scaled within this "
                                     "image, so a low-probability study still shows a warmest spot)", width="stretch")
             with h2:
                 _header_panel(image)
     pacs_panel.send_to_pacs(store, rec, pred, resources.explainer(ref), thr,
-                            str(st.session_state.get(state.PRESET) or ""))
+                            str(st.session_state.get(state.PRESET) or ""),
+                            heat=shown[2] if shown is not None else None)
     _export_section(store)
 
 
@@ -256,7 +257,8 @@ def _status_line(p: float, thr: float) -> None:
 
 def _study_view(rec, item, sha: str, ref, pred, thr: float):
     """Probability, warnings, the radiograph beside its heatmap overlay (window/level in the browser), then
-    the display controls. Returns (decoded image, heatmap alone), or None when the study cannot be displayed."""
+    the display controls. Returns (decoded image, heatmap alone, the Grad-CAM map when that is the
+    method shown, for the PACS send to reuse), or None when the study cannot be displayed."""
     for k, v in (("rv_method", METHODS[0]), ("rv_cmap", next(iter(COLORMAPS))), ("rv_opacity", 0.4),
                  ("rv_min_heat", 0.2), ("rv_linked", False)):
         st.session_state.setdefault(k, v)
@@ -272,13 +274,14 @@ def _study_view(rec, item, sha: str, ref, pred, thr: float):
         st.error(f"Cannot display this study: {exc}")
         return None
     heat = resources.heatmap(ref.key, sha, method, resources.explainer(ref), imgs.model_input)
+    sr_heat = heat if method == "gradcam" else None          # the PACS results carry Grad-CAM only
     overlay_text = f"{METHOD_NAMES.get(method, method)} overlay ({cmap}, opacity {opacity:.2f}, heat ≥ {min_heat:.2f})"
     if not linked:
         viewer.show(resources.viewer_payload(ref.key, sha, pred.prep.image_size, method, cmap, opacity, min_heat,
                                              rec.name, overlay_text, imgs, heat))
         with st.expander("Display: explanation, colours, full resolution", expanded=False, icon=":material/tune:"):
             _display_controls(linked)
-        return imgs.image, imaging.heat_alone(heat, imgs.display.shape[:2], cmap)
+        return imgs.image, imaging.heat_alone(heat, imgs.display.shape[:2], cmap), sr_heat
     panel = st.container()
     with st.expander("Display: window/level, explanation, colours", expanded=False, icon=":material/tune:"):
         shown, window_text = _window_controls(imgs, sha)
@@ -290,7 +293,7 @@ def _study_view(rec, item, sha: str, ref, pred, thr: float):
     panel.caption(f"Original: {rec.name} ({window_text}, {w:,} x {h:,} px) · overlay: {overlay_text} · drag "
                   "to zoom, double-click to reset; both views move together")
     panel.image(colour_scale(cmap, 256, 10), width=300, caption="heat 0 → 1: evidence for pneumonia")
-    return imgs.image, alone
+    return imgs.image, alone, sr_heat
 
 
 def _apply_preset(sha: str, presets: dict) -> None:

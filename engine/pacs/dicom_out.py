@@ -652,13 +652,19 @@ class ResultWriter:
         heat = self.heat(prediction) if heat is None else heat
         return side_by_side(prediction.image.pixels, heat, opacity=self.opacity, min_value=self.heat_cutoff)
 
-    def objects(self, data: bytes, prediction, review: Optional[Review] = None) -> list[Dataset]:
-        """[SR, SC, PM] for a scored DICOM file; NotDicomError for other inputs; [] for a refused file."""
+    def objects(self, data: bytes, prediction, review: Optional[Review] = None,
+                heat: Optional[np.ndarray] = None) -> list[Dataset]:
+        """[SR, SC, PM] for a scored DICOM file; NotDicomError for other inputs; [] for a refused file.
+
+        ``heat``: this prediction's Grad-CAM map when the caller already has it (Review's cache), so it
+        is not computed again; it must be this explainer's map of ``prediction.model_input``."""
         source = source_header(data, prediction.name)
         if not prediction.ok:
             return []
         finding = self.finding(prediction.probability, prediction.warnings, review, prediction.metadata.age_band)
-        heat = self.heat(prediction)
+        if heat is not None and prediction.model_input is not None and heat.shape != prediction.model_input.shape[-2:]:
+            raise ValueError(f"{prediction.name}: a heatmap of shape {heat.shape} does not fit the network input")
+        heat = self.heat(prediction) if heat is None else heat
         picture = self.picture(prediction, heat) if heat is not None else None
         return result_objects(source, finding, picture, heat, self.identity, name=prediction.name)
 

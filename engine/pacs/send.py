@@ -325,11 +325,12 @@ def latest_review(store, study_id: int):
     return Review(d["decision"], d.get("reviewer", ""), d.get("time", ""))
 
 
-def results_for_study(store, row, writer, *, review=None) -> list[Dataset]:
+def results_for_study(store, row, writer, *, review=None, heat=None) -> list[Dataset]:
     """SR and heatmap capture for one stored study row (decoded again, in a worker, for Grad-CAM).
 
-    ``review`` None: the row's latest decision, if any. NotDicomError for a non-DICOM file; [] when
-    the file could not be scored."""
+    ``review`` None: the row's latest decision, if any. ``heat``: the study's Grad-CAM map when the
+    caller has it cached (Review), so it is not computed again. NotDicomError for a non-DICOM file; []
+    when the file could not be scored."""
     from engine.pacs.dicom_out import source_header
     from engine.worklist.ingest import cached_item
     data = store.read_file(row.sha256)
@@ -338,13 +339,13 @@ def results_for_study(store, row, writer, *, review=None) -> list[Dataset]:
                                                      keep_images=True)))
     if review is None:
         review = latest_review(store, row.id)
-    return writer.objects(data, pred, review)
+    return writer.objects(data, pred, review, heat=heat)
 
 
 def send_study_results(store, row, writer, dest: Destination, *, calling_aet: str = "TRIAGE",
-                       review=None) -> int:
+                       review=None, heat=None) -> int:
     """Write and send one study's results; returns the number of objects sent."""
-    objects = results_for_study(store, row, writer, review=review)
+    objects = results_for_study(store, row, writer, review=review, heat=heat)
     send(objects, dest, calling_aet)
     return len(objects)
 
