@@ -16,6 +16,7 @@ Debian's ``pixelmed-apps``, ``dicom3tools``, ``orthanc`` and ``orthanc-dicomweb`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import shutil
 import subprocess
@@ -292,6 +293,35 @@ def test_a_heatmap_the_caller_already_has_is_used_not_computed_again(scored):
     assert not np.allclose(given, computed)
     with pytest.raises(ValueError, match=f"{pred.name}: a heatmap of shape \\(7, 7\\)"):
         scored.writer.objects(data, pred, heat=np.zeros((7, 7), np.float32))
+
+
+def test_a_stored_score_is_reused_and_the_file_decoded_for_its_images_only(scored, tmp_path):
+    """The PACS send of a scored study reuses the store's result for this model (no second run of the
+    network): the SR carries the stored probability, and the capture is the one the full path draws."""
+    import highdicom as hd
+    from engine.inputs.sources import InputItem
+    from engine.pacs.send import results_for_study
+    from engine.worklist.ingest import ingest
+    from engine.worklist.store import Result, Store
+    data, pred = scored.cases[0]
+    store = Store(tmp_path / "store")
+    ingest(store, None, [InputItem(pred.name, lambda: data)], source="test")
+    stored = Result("ok", 0.123456, "", ("a stored warning",), pred.metadata)
+    store.put_result(pred.sha256, "this-model", stored)
+    [row] = store.studies(None, "this-model")
+    recalled = scored.predictor.recall(InputItem(row.name, lambda: data, sha256=row.sha256), 0.123456)
+    np.testing.assert_array_equal(recalled.model_input, pred.model_input)          # the same decode
+    np.testing.assert_array_equal(recalled.image.pixels, pred.image.pixels)
+    sr, sc, _ = results_for_study(store, row, scored.writer, review=REVIEW)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    group = hd.sr.srread(path).content.get_image_measurement_groups()[0]
+    values = {m.name.value: m.value for m in group.get_measurements()}
+    assert values["122157"] == pytest.approx(0.123456, abs=1e-9)                  # the stored score
+    assert pred.probability != pytest.approx(0.123456, abs=1e-3)
+    same_score = dataclasses.replace(pred, probability=0.123456, warnings=("a stored warning",))
+    full = scored.writer.objects(data, same_score, REVIEW)[1]        # the capture is labelled with the score
+    assert sc.PixelData == full.PixelData
 
 
 # ------------------------------------------------------------------------------------------------

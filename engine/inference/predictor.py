@@ -352,6 +352,18 @@ class Predictor:
             if ready:
                 yield from flush()
 
+    def recall(self, item: InputItem, probability: float, warnings: Sequence[str] = ()) -> Prediction:
+        """A study this model has already scored, decoded again for its images only (no network): the
+        stored ``probability`` and ``warnings`` with the display copy and network input that results
+        objects need (``keep_images=True`` in :meth:`predict_stream` otherwise)."""
+        d = self._decode(item, keep_images=True)
+        if d.error:
+            return Prediction(d.item_name, "error", None, d.error, sha256=d.sha256)
+        img = d.image
+        kept = img.pixels.size > 0
+        return Prediction(d.item_name, "ok", float(probability), "", tuple(warnings), d.sha256, img.metadata,
+                          img.identifiers, img if kept else None, d.tensor if kept else None)
+
     def predict_items(self, items: Iterable[InputItem], **kwargs) -> list[Prediction]:
         return list(self.predict_stream(items, **kwargs))
 

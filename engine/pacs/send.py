@@ -326,17 +326,23 @@ def latest_review(store, study_id: int):
 
 
 def results_for_study(store, row, writer, *, review=None, heat=None) -> list[Dataset]:
-    """SR and heatmap capture for one stored study row (decoded again, in a worker, for Grad-CAM).
+    """SR, heatmap capture and map for one stored study row, its file read once from the store.
 
-    ``review`` None: the row's latest decision, if any. ``heat``: the study's Grad-CAM map when the
-    caller has it cached (Review), so it is not computed again. NotDicomError for a non-DICOM file; []
-    when the file could not be scored."""
+    ``row`` comes from the store under the writer's model key (as every caller fetches it), so a stored
+    "ok" result is this model's score: it is reused and the file is decoded for its images only, without
+    the network; a row without one is scored. ``review`` None: the row's latest decision, if any.
+    ``heat``: the study's Grad-CAM map when the caller has it cached (Review), so it is not computed
+    again. NotDicomError for a non-DICOM file; [] when the file could not be scored."""
+    from engine.inputs.sources import InputItem
     from engine.pacs.dicom_out import source_header
-    from engine.worklist.ingest import cached_item
     data = store.read_file(row.sha256)
     source_header(data, row.name)
-    pred = next(iter(writer.predictor.predict_stream([cached_item(store, row.name, row.sha256)],
-                                                     keep_images=True)))
+    item = InputItem(row.name, lambda: data, sha256=row.sha256)
+    stored = row.result
+    if stored is not None and stored.status == "ok" and stored.probability is not None:
+        pred = writer.predictor.recall(item, stored.probability, stored.warnings)
+    else:
+        pred = next(iter(writer.predictor.predict_stream([item], keep_images=True)))
     if review is None:
         review = latest_review(store, row.id)
     return writer.objects(data, pred, review, heat=heat)
