@@ -322,6 +322,15 @@ def test_a_stored_score_is_reused_and_the_file_decoded_for_its_images_only(score
     same_score = dataclasses.replace(pred, probability=0.123456, warnings=("a stored warning",))
     full = scored.writer.objects(data, same_score, REVIEW)[1]        # the capture is labelled with the score
     assert sc.PixelData == full.PixelData
+    # the outbox's rebuild after a restart reuses it too, given the receiver's model key
+    from engine.pacs.outbox import rebuild
+    entry = SimpleNamespace(id=1, sha256=row.sha256)
+    for key, expected in (("this-model", 0.123456), ("", pred.probability)):    # no key: scored again
+        rebuilt = rebuild(store, scored.writer, entry, key)[0]
+        rebuilt.save_as(path, enforce_file_format=True)
+        group = hd.sr.srread(path).content.get_image_measurement_groups()[0]
+        assert {m.name.value: m.value for m in group.get_measurements()}["122157"] == \
+            pytest.approx(expected, abs=1e-6), key
 
 
 # ------------------------------------------------------------------------------------------------

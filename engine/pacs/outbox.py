@@ -112,13 +112,18 @@ class Courier:
         return sent
 
 
-def rebuild(store, writer, entry) -> list[Dataset]:
-    """The SR and heatmap capture of an outbox entry, written again from the stored file (decoded
-    again for Grad-CAM); without a reviewer's decision, as they were first written."""
-    from engine.worklist.ingest import cached_item
+def rebuild(store, writer, entry, model_key: str = "") -> list[Dataset]:
+    """The SR and heatmap capture of an outbox entry, written again from the stored file (read once;
+    decoded again for Grad-CAM); without a reviewer's decision, as they were first written. With the
+    writer's ``model_key``, the stored score is reused (no second run of the network)."""
+    from engine.inputs.sources import InputItem
     data = store.read_file(entry.sha256)
-    item = cached_item(store, f"outbox row {entry.id}", entry.sha256)
-    prediction = next(iter(writer.predictor.predict_stream([item], keep_images=True)))
+    item = InputItem(f"outbox row {entry.id}", lambda: data, sha256=entry.sha256)
+    stored = store.result(entry.sha256, model_key) if model_key else None
+    if stored is not None and stored.status == "ok" and stored.probability is not None:
+        prediction = writer.predictor.recall(item, stored.probability, stored.warnings)
+    else:
+        prediction = next(iter(writer.predictor.predict_stream([item], keep_images=True)))
     if not prediction.ok:
         raise EngineError(f"the image could not be read again to write its results ({prediction.message})")
     return writer.objects(data, prediction)

@@ -495,7 +495,8 @@ class Receiver:
     def _courier(self):
         """The outbox's courier to ``self.forward``: objects written again from the store when retried."""
         from engine.pacs.outbox import Courier, rebuild
-        return Courier(self.store, str(self.forward), lambda entry: rebuild(self.store, self.writer, entry),
+        return Courier(self.store, str(self.forward),
+                       lambda entry: rebuild(self.store, self.writer, entry, self.model_key),
                        lambda objects: send(objects, self.forward, self.aet))
 
     # -------------------------------------------------------------------------------- DIMSE side
