@@ -15,7 +15,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import labels, state
 from engine.settings import settings
 from engine.errors import EngineError
 
@@ -90,7 +90,7 @@ def pacs_source(store) -> int:
             return 0
         st.dataframe(pd.DataFrame([{"study date": h.date, "modalities": h.modalities, "images": h.instances}
                                    for h in hits]), hide_index=True, key="pacs_hits_table")
-        if st.button(f"Pull {len(hits)} stud{'y' if len(hits) == 1 else 'ies'} into the inbox", key="pacs_pull",
+        if st.button(f"Pull {labels.plural(len(hits), 'study')} into the inbox", key="pacs_pull",
                      type="primary", icon=":material/download:"):
             added = 0
             try:
@@ -100,7 +100,7 @@ def pacs_source(store) -> int:
             except pacs.PacsError as exc:
                 st.error(str(exc))
             st.session_state.pop(state.PACS_HITS, None)
-            st.success(f"{added} image{'' if added == 1 else 's'} retrieved into the inbox; they are scored below.")
+            st.success(f"{labels.plural(added, 'image')} retrieved into the inbox; they are scored below.")
             return added
     return 0
 
@@ -161,4 +161,4 @@ def send_to_pacs(store, rec, predictor, explainer, thr: float, preset: str = "",
     except (EngineError, OSError) as exc:   # an evicted file (StoreError says so), a decoder refusal
         st.error(f"Not sent: {exc}")
     else:
-        st.success(f"Sent {n} object{'' if n == 1 else 's'} to {dest}.")
+        st.success(f"Sent {labels.plural(n, 'object')} to {dest}.")

@@ -210,38 +210,31 @@ def readable_shas(df: pd.DataFrame) -> list[str]:
 
 
 
-def utc_time(iso: str) -> str:
-    """A stored time (ISO 8601 with its offset) in UTC, as every page and export shows it:
-    "2026-12-04 06:30 UTC" (the column or the text says UTC; the store keeps UTC)."""
+def _as_utc(iso: str, fmt: str) -> str:
     from datetime import datetime, timezone
     try:
-        return datetime.fromisoformat(str(iso)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return datetime.fromisoformat(str(iso)).astimezone(timezone.utc).strftime(fmt)
     except ValueError:
         return str(iso)
 
 
-def decisions_by_sha(decisions_csv: str) -> dict[str, tuple[str, str]]:
-    """The decision in force on each study of a store's decisions CSV (``Store.decisions_csv``): its file's
-    SHA-256 -> (reviewer, time in UTC as ISO 8601 with a Z)."""
-    import csv
-    import io
-    from datetime import datetime, timezone
-    out = {}
-    for row in csv.DictReader(io.StringIO(decisions_csv)):
-        if row.get("status", "current").startswith("current"):
-            try:
-                at = datetime.fromisoformat(row["time"]).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            except ValueError:
-                at = row["time"]
-            out[row["file_sha256"]] = (row["reviewer"].removeprefix("'"), at)
-    return out
+def utc_time(iso: str) -> str:
+    """A stored time (ISO 8601 with its offset) in UTC, as every page shows it: "2026-12-04 06:30 UTC"
+    (the store keeps UTC)."""
+    return _as_utc(iso, "%Y-%m-%d %H:%M UTC")
+
+
+def decisions_by_sha(decisions: Iterable[dict]) -> dict[str, tuple[str, str]]:
+    """The decision in force on each study (``Store.worklist_decisions``): its file's SHA-256 ->
+    (reviewer, time in UTC as ISO 8601 with a Z), as the worklist export writes them."""
+    return {d["sha256"]: (d["reviewer"] or "", _as_utc(d["time"], "%Y-%m-%dT%H:%M:%SZ")) for d in decisions}
 
 
 def export_csv(df: pd.DataFrame, threshold: float, model: str, include_identifiers: bool = False,
                operating_point: str = "", decisions: Optional[dict[str, tuple[str, str]]] = None) -> str:
     """The worklist as CSV: the results row the CLI and the archive write (``engine.worklist.csvsafe.result_row``:
-    same columns, flag rule and yes/no flags; "message" says why a file has no probability) with the
-    probability at 4 decimals, then the worklist's own columns: the review, who decided and when
+    same columns, formats, flag rule and yes/no flags; "message" says why a file has no probability),
+    then the worklist's own columns: the review, who decided and when
     (``decisions``: see :func:`decisions_by_sha`; UTC, as the column says); identifier columns only when
     ``include_identifiers`` (fill them first with :func:`with_identifiers`)."""
     columns = [*csvsafe.RESULT_COLUMNS, *WORKLIST_EXPORT_COLUMNS,

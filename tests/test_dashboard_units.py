@@ -325,6 +325,14 @@ def test_per_file_results_list_the_errors_first_most_confident_first():
     assert list(table["file"])[:3] == ["n1", "p1", "p3"]           # the FN at 0.1 before the FN at 0.4
 
 
+def test_the_per_file_csv_writes_probabilities_as_the_results_csvs_do():
+    from engine.worklist.csvsafe import frame_csv
+    ls = E.LabelledSet("set", np.array([0, 1]), np.array([0.000012, 0.9876543]), ("=n1", "p1"))
+    rows = list(csv.DictReader(io.StringIO(frame_csv(E.per_file(ls, 0.5)))))
+    assert [r["probability"] for r in rows] == ["0.987654", "0.000012"]      # fixed decimals, never 1.2e-05
+    assert [r["flagged"] for r in rows] == ["yes", "no"] and rows[1]["file"] == "'=n1"
+
+
 def test_window_level_in_the_dicoms_own_units_with_presets_and_invert():
     image = read_image(ROOT / "assets" / "sample" / "dicom" / "cr_chest_pa_mono1_j2k.dcm")
     raw, meta = image.modality_values, image.metadata

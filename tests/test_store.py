@@ -78,6 +78,34 @@ def test_a_failed_transaction_leaves_nothing_behind(tmp_path):
     assert store.decisions(sid) == []
 
 
+def test_the_worklist_export_names_who_decided_and_when_in_utc(tmp_path):
+    """The decision in force on each study (a changed one by its change) reaches the worklist CSV with its
+    reviewer and UTC time; an undecided study has neither; another worklist's decision is not there."""
+    from datetime import datetime, timezone
+
+    from dashboard import worklist as W
+    store = Store(tmp_path)
+    _, alice = store.create_worklist("Dr A")
+    _, bob = store.create_worklist("Dr B")
+    a, sha_a = _scored(store, alice, "a.jpeg", JPEGS[0].read_bytes(), 0.9)
+    _scored(store, alice, "b.jpeg", JPEGS[1].read_bytes(), 0.8)
+    c, _ = _scored(store, bob, "c.jpeg", JPEGS[2].read_bytes(), 0.7)
+    store.record_decision(a, reviewer="Dr A", decision="agree", probability=0.9, threshold=0.5, model=MODEL)
+    store.record_decision(a, reviewer="Dr C", decision="disagree", probability=0.9, threshold=0.5, model=MODEL,
+                          change=True)
+    store.record_decision(c, reviewer="Dr B", decision="agree", probability=0.7, threshold=0.5, model=MODEL)
+    decided = W.decisions_by_sha(store.worklist_decisions(alice))
+    [current] = [d for d in store.decisions(a) if not d["changed_later"]]
+    at = datetime.fromisoformat(current["time"]).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert decided == {sha_a: ("Dr C", at)}
+    df = W.build_worklist(store.studies(alice, MODEL))
+    rows = {r["file"]: r for r in csv.DictReader(io.StringIO(W.export_csv(df, 0.5, "m 1.0", decisions=decided)))}
+    assert set(rows) == {"a.jpeg", "b.jpeg"}
+    assert (rows["a.jpeg"]["reviewer"], rows["a.jpeg"]["decided_at_utc"]) == ("Dr C", at)
+    assert (rows["b.jpeg"]["review"], rows["b.jpeg"]["reviewer"], rows["b.jpeg"]["decided_at_utc"]) == \
+        ("unreviewed", "", "")
+
+
 def test_decisions_set_the_review_status_and_export_per_worklist(tmp_path):
     store = Store(tmp_path)
     _, alice = store.create_worklist("Dr A")

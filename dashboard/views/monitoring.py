@@ -20,7 +20,8 @@ from engine.monitoring.html import render as render_html
 from engine.monitoring.periods import ModelInfo
 from engine.monitoring.windows import WindowSpec
 
-from dashboard import resources, state
+from dashboard import labels, resources, state
+from dashboard.figures import CHART_CONFIG
 
 WINDOWS = ("7d", "30d", "100", "200", "500")
 CLEAR_BY, CLEAR_REASON, FLASH = "mon_clear_by", "mon_clear_reason", "_mon_flash"
@@ -38,7 +39,7 @@ def _clear(store) -> None:
     except StoreError as exc:
         st.session_state[FLASH] = ("error", str(exc))
         return
-    st.session_state[FLASH] = ("success", f"Stop rule cleared ({n} alert{'' if n == 1 else 's'}); the record keeps your name and reason.")
+    st.session_state[FLASH] = ("success", f"Stop rule cleared ({labels.plural(n, 'alert')}); the record keeps your name and reason.")
     st.session_state[CLEAR_REASON] = ""
 
 
@@ -117,7 +118,7 @@ def render() -> None:
     _stop_rule(store, rep)
     _inputs(rep)
     for title, fig in figures(rep):
-        st.plotly_chart(fig, key=f"mon_fig_{title}", config={"displayModeBar": False, "displaylogo": False})
+        st.plotly_chart(fig, key=f"mon_fig_{title}", config=CHART_CONFIG)
     _readers(rep)
     public = lambda: _report(str(store.root), report.signature(store), window, minute, False, first, store)  # noqa: E731
     d1, d2 = st.columns(2)

@@ -103,7 +103,7 @@ def _reviewed_source() -> Optional[LabelledSet]:
     batch = resources.worklist_batch(state.worklist(), state.model_ref().key)     # cached; not re-read
     stored = {r.id: r for r in batch.records} if batch is not None else {}
     groups = tuple(subgroups_of(stored[i]) if i in stored else {} for i in names)
-    return LabelledSet(f"your {labels.plural(len(truth), 'reviewed study', 'reviewed studies')}", truth, scores, tuple(names.values()),
+    return LabelledSet(f"your {labels.plural(len(truth), 'reviewed study')}", truth, scores, tuple(names.values()),
                        subgroups=groups)
 
 
@@ -288,7 +288,7 @@ def _errors_section(ls: LabelledSet, thr: float) -> None:
             kind = "false positive" if row["outcome"] == "FP" else "false negative"
             _case_view(f"Case {rows[0] + 1} ({kind})", row["sha256"], float(row["probability"]), thr)
         st.download_button("Download per-file results (CSV)", icon=":material/download:", key="perf_export",
-                           data=lambda: frame_csv(table.drop(columns=["sha256"]), float_format="%.4f"),
+                           data=lambda: frame_csv(table.drop(columns=["sha256"])),
                            file_name="per_file_results.csv", mime="text/csv", on_click="ignore")
 
 

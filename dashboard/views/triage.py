@@ -64,7 +64,7 @@ def _undo_banner(store, wl) -> None:
     if receipt is None or not receipt.count:
         return
     u1, u2 = st.columns([4, 1], vertical_alignment="center")
-    u1.info(f"Cleared {receipt.count:,} {'study' if receipt.count == 1 else 'studies'} (archived with their "
+    u1.info(f"Cleared {labels.plural(receipt.count, 'study')} (archived with their "
             "decisions).", icon=":material/inventory_2:")
     u2.button("Undo clear", key="undo_clear", on_click=_undo_clear, args=(store, wl), icon=":material/undo:")
 
@@ -210,7 +210,7 @@ def _unreadable_and_export(df, thr: float, store, model_label: str) -> None:
         "Download worklist CSV", icon=":material/download:", key="export_csv",
         data=lambda: worklist.export_csv(worklist.with_identifiers(df, store.identifiers) if with_ids else df,
                                          thr, model_label, with_ids, state.operating_point_label(),
-                                         worklist.decisions_by_sha(store.decisions_csv(state.worklist()))),
+                                         worklist.decisions_by_sha(store.worklist_decisions(state.worklist()))),
         file_name="worklist_with_identifiers.csv" if with_ids else "worklist.csv", mime="text/csv",
         on_click="ignore")
 

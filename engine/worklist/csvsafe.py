@@ -80,8 +80,9 @@ def rows_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> st
     return buf.getvalue()
 
 
-def frame_csv(frame, float_format: str = "%.6g") -> str:
-    """A pandas DataFrame as CSV text, every text cell guarded (the index is not written)."""
+def frame_csv(frame, float_format: str = f"%.{PROBABILITY_DECIMALS}f") -> str:
+    """A pandas DataFrame as CSV text, every text cell guarded (the index is not written); floats in the
+    results rows' fixed decimals (never scientific notation)."""
     out = frame.copy()
     for c in out.columns:
         if out[c].dtype == object or str(out[c].dtype) in ("string", "str"):

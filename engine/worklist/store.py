@@ -640,16 +640,17 @@ class Store:
 
     def worklist_decisions(self, worklist: Worklist, model_key: Optional[str] = None) -> list[dict]:
         """The decision in force on each of the worklist's studies (a changed one counts once, as changed),
-        oldest first: study id, file name, decision, and the
-        probability and threshold the reviewer saw (``model_key``: only decisions on that model's scores
-        would need re-scoring, so the recorded probability is used as it was)."""
+        oldest first: study id, file name, decision, the probability and threshold the reviewer saw
+        (``model_key``: only decisions on that model's scores would need re-scoring, so the recorded
+        probability is used as it was), the file's SHA-256, the reviewer and the time (ISO 8601)."""
         with closing(self._connect()) as con:
-            rows = con.execute("SELECT d.study_id, s.name, d.decision, d.probability, d.threshold, d.model "
+            rows = con.execute("SELECT d.study_id, s.name, d.decision, d.probability, d.threshold, d.model, "
+                               "s.sha256, d.reviewer, d.time "
                                "FROM decisions d JOIN studies s ON s.id = d.study_id "
                                "WHERE (s.worklist_id = ? OR s.worklist_id IS NULL) AND s.archived IS NULL "
                                "AND NOT EXISTS (SELECT 1 FROM decisions l WHERE l.replaces = d.id) ORDER BY d.id",
                                (worklist.id,)).fetchall()
-        keys = ("study_id", "name", "decision", "probability", "threshold", "model")
+        keys = ("study_id", "name", "decision", "probability", "threshold", "model", "sha256", "reviewer", "time")
         return [dict(zip(keys, r)) for r in rows]
 
     def decisions_csv(self, worklist: Optional[Worklist]) -> str:
