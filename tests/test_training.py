@@ -213,6 +213,31 @@ def test_init_from_starts_from_a_checkpoints_weights_and_says_so(tiny_run, tmp_p
         train.main(tiny_args(tmp_path / "other", "--init-from", str(start), "--image-size", "96"))
 
 
+def test_qat_writes_a_gated_int8_graph_into_the_checkpoint(tiny_run, tmp_path):
+    """training.qat end to end on the tiny checkpoint: the graph, its report (figures per gate set, the
+    simulated figures, the weights it belongs to) and the card's record; the product takes the graph
+    exactly when the report passed."""
+    import shutil
+
+    from engine.inference.backends import artefacts, int8
+    from training import qat
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_run / "best", ckpt)
+    with single_thread():
+        code = qat.main(["--checkpoint", str(ckpt), "--data-dir", str(SAMPLE), "--images", "6",
+                         "--calibration", "4", "--epochs", "1", "--batch", "2"])
+    report = json.loads((ckpt / artefacts.INT8_REPORT).read_text())
+    assert code == (0 if report["passed"] else 1)
+    assert (ckpt / artefacts.INT8_FILE).is_file() and report["weights_sha256"] == artefacts.weights_sha256(ckpt)
+    assert report["graph_sha256"] == artefacts.file_sha256(ckpt / artefacts.INT8_FILE)
+    validation = report["sets"]["validation"]
+    assert validation["n"] == len(json.loads((tiny_run / "split.json").read_text())["val"])
+    assert set(report["training"]["simulated_gate"]) == {"validation"}
+    card = json.loads((ckpt / "model_card.json").read_text())
+    assert card["int8"]["passed"] == report["passed"] and card["int8"]["graph_sha256"] == report["graph_sha256"]
+    assert int8.ready(ckpt) == report["passed"]
+
+
 # ------------------------------------------------------------------ patient-wise split
 
 def test_patient_ids_from_real_file_names():

@@ -115,16 +115,6 @@ def calibrate(net: nn.Module, wrapped: Sequence[FakeQuantConv], images: np.ndarr
         fq.quantize = True
 
 
-def load_images(card, paths: Sequence[Path]) -> np.ndarray:
-    from engine.decode import read_image
-    prep = card.preprocessing
-    out = np.empty((len(paths), prep.in_channels, prep.image_size, prep.image_size), np.float32)
-    for i in range(0, len(paths), 64):
-        chunk = paths[i:i + 64]
-        out[i:i + len(chunk)] = prep.normalize_np(np.stack([prep.resize(read_image(p).pixels) for p in chunk]))
-    return out
-
-
 def training_files(ckpt_dir: Path, data_dir: Path, n: int, seed: int) -> list[Path]:
     """``n`` images of the checkpoint's training split (not in its validation predictions), drawn at random."""
     import csv
@@ -158,21 +148,15 @@ def distil(student: nn.Module, teacher_logits: np.ndarray, images: np.ndarray, t
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
             if k % 10 == 0:
-                log(f"epoch {epoch + 1} step {k}/{len(images) // batch} loss {float(loss):.5f} "
+                log(f"epoch {epoch + 1} step {k}/{len(images) // batch} loss {loss.item():.5f} "
                     f"({(k + 1) * batch / (time.perf_counter() - t0):.1f} img/s)")
         history.append({"epoch": epoch + 1, "loss": total / max(len(images) // batch, 1),
                         "seconds": round(time.perf_counter() - t0, 1)})
         log(json.dumps(history[-1]))
     student.eval()
     return history
-
-
-@torch.no_grad()
-def logits_of(net: nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    net.eval()
-    return np.concatenate([net(torch.from_numpy(images[i:i + batch])).numpy() for i in range(0, len(images), batch)])
 
 
 def simulated_agreement(args: argparse.Namespace, card, student: nn.Module) -> dict:
@@ -185,8 +169,9 @@ def simulated_agreement(args: argparse.Namespace, card, student: nn.Module) -> d
     prob = lambda z: positive_probability(z, card.temperature, card.positive_index)  # noqa: E731
     out = {}
     for name, (paths, labels) in int8.gate_sets(args.checkpoint, args.data_dir, args.dev_dir).items():
-        x = load_images(card, paths)
-        out[name] = int8.agreement(prob(logits_of(teacher, x)), prob(logits_of(student, x)), labels, card.threshold)
+        x = int8.network_inputs(card, paths)
+        out[name] = int8.agreement(prob(int8.torch_logits(teacher, x)), prob(int8.torch_logits(student, x)), labels,
+                                   card.threshold)
     return out
 
 
@@ -208,15 +193,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from engine.inference.backends import int8
     from engine.inference.backends.torch_backend import fuse_for_inference
     from engine.model.checkpoint import load_checkpoint
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"CPU: {cpu_info().summary()}", file=sys.stderr)
     model, card = load_checkpoint(args.checkpoint)
     files = training_files(args.checkpoint, args.data_dir, args.images, args.seed)
     t0 = time.perf_counter()
-    images = load_images(card, files)
+    images = int8.network_inputs(card, files)
     print(f"{len(images)} training images read in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     student = fuse_for_inference(model).float()
-    teacher = logits_of(student, images)
+    teacher = int8.torch_logits(student.eval(), images)
     calibration = images[:args.calibration]
     history: list[dict] = []
     simulated: dict = {}

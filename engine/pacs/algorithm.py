@@ -18,8 +18,6 @@ profile, writes ``Newcode1``). :data:`PROCESSING_ALGORITHM_CODE` holds it in one
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,11 +27,13 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from engine.inference.backends.artefacts import file_sha256
+from engine.model.checkpoint import WEIGHTS_FILE
+
 MANUFACTURER = "CXR Triage (open source)"
 IHE_SCHEME = "99IHE"
 PROCESSING_ALGORITHM_CODE = "Newcode1"
 PROCESSING_ALGORITHM = hd.sr.CodedConcept(PROCESSING_ALGORITHM_CODE, IHE_SCHEME, "Processing Algorithm")
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -56,26 +56,14 @@ def uid_from_digest(hex_digest: str) -> str:
     return f"2.25.{int(hex_digest[:32], 16)}"
 
 
-@functools.lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file, cached by path, size and modification time (a rewrite is hashed again)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_sha256(checkpoint: Optional[str | Path]) -> Optional[str]:
     """SHA-256 (hex) of ``checkpoint/model.safetensors``; None without a checkpoint or its weights file."""
     if not checkpoint:
         return None
-    weights = Path(checkpoint) / WEIGHTS_FILE
     try:
-        stat = weights.stat()
+        return file_sha256(Path(checkpoint) / WEIGHTS_FILE)
     except OSError:
         return None
-    return _file_sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def identity_for(name: str, version: str, checkpoint: Optional[str | Path] = None) -> AlgorithmIdentity:

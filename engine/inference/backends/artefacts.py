@@ -47,8 +47,14 @@ def weights_sha256(ckpt_dir: str | Path) -> str:
     path = Path(ckpt_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"'{ckpt_dir}' has no {WEIGHTS_FILE}")
-    st = path.stat()
-    return _file_sha256(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return file_sha256(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in blocks and remembered while its modification time and size stay
+    the same (OSError when it cannot be read)."""
+    st = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
 @lru_cache(maxsize=16)
@@ -172,5 +178,5 @@ def export_module(folded, card: ModelCard, out: Path) -> Path:
     return out
 
 
-__all__ = ["cache_root", "artefact_dir", "artefact_key", "onnx_path", "export_onnx", "export_module", "weights_sha256",
+__all__ = ["cache_root", "artefact_dir", "artefact_key", "onnx_path", "export_onnx", "export_module", "weights_sha256", "file_sha256",
            "CARD_FILE", "INT8_FILE", "INT8_REPORT"]

@@ -28,7 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -101,10 +101,28 @@ def validation_files(ckpt_dir: Path, data_dir: Path) -> tuple[list[Path], np.nda
     return [p for p, _ in found], np.array([y for _, y in found])
 
 
-def _inputs(card: ModelCard, paths: Sequence[Path]) -> np.ndarray:
+def network_inputs(card: ModelCard, paths: Sequence[Path], chunk: int = 64) -> np.ndarray:
+    """The network inputs (N, C, S, S) of image files as the product preprocesses them, decoded a chunk at
+    a time (no list of full-size images held)."""
     from engine.decode import read_image
     prep = card.preprocessing
-    return prep.normalize_np(np.stack([prep.resize(read_image(p).pixels) for p in paths]))
+    out = np.empty((len(paths), prep.in_channels, prep.image_size, prep.image_size), np.float32)
+    for i in range(0, len(paths), chunk):
+        part = paths[i:i + chunk]
+        out[i:i + len(part)] = prep.normalize_np(np.stack([prep.resize(read_image(p).pixels) for p in part]))
+    return out
+
+
+def batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, size: int = 64) -> np.ndarray:
+    """``fn`` over ``x`` in batches of ``size``, the results concatenated."""
+    return np.concatenate([fn(x[i:i + size]) for i in range(0, len(x), size)])
+
+
+def torch_logits(model, x: np.ndarray) -> np.ndarray:
+    """A torch network's logits for ``x`` (inference mode, batches of 64)."""
+    import torch
+    with torch.inference_mode():
+        return batched(lambda b: model(torch.from_numpy(b)).numpy(), x)
 
 
 def _excluded_nodes(model) -> list[str]:
@@ -173,23 +191,20 @@ def passes(a: dict) -> bool:
 
 def build(ckpt_dir: Path, paths: Sequence[Path], labels: np.ndarray, every: int = 4) -> dict:
     """Quantize, compare with torch float32 on every image, write the graph and the report."""
-    import torch
-
     from engine.inference.backends.ort import OrtRunner
     from engine.model.checkpoint import load_checkpoint
     from engine.model.probability import positive_probability
     card = read_card(ckpt_dir)
     folder = artefacts.artefact_dir(ckpt_dir, card)
-    x = _inputs(card, paths)
+    x = network_inputs(card, paths)
     calib = np.arange(0, len(x), every)
     t = time.perf_counter()
     quantize(artefacts.onnx_path(ckpt_dir, card), folder / artefacts.INT8_FILE, x[calib])
     seconds = time.perf_counter() - t
     model, _ = load_checkpoint(ckpt_dir)
-    with torch.inference_mode():
-        ref = np.concatenate([model(torch.from_numpy(x[i:i + 64])).numpy() for i in range(0, len(x), 64)])
+    ref = torch_logits(model, x)
     runner = OrtRunner(folder / artefacts.INT8_FILE, "onnx-int8")
-    new = np.concatenate([runner.logits_np(x[i:i + 64]) for i in range(0, len(x), 64)])
+    new = batched(runner.logits_np, x)
     prob = lambda z: positive_probability(z, card.temperature, card.positive_index)
     held = np.setdiff1d(np.arange(len(x)), calib)
     a_all = agreement(prob(ref), prob(new), labels, card.threshold)
@@ -226,8 +241,6 @@ def build_from_module(ckpt_dir: Path, folded, calibration: np.ndarray, recipe: d
     beside it and record the gate in the card (``int8``)."""
     import tempfile
 
-    import torch
-
     from engine.inference.backends.ort import OrtRunner
     from engine.model.checkpoint import CARD_FILE, load_checkpoint
     from engine.model.probability import positive_probability
@@ -243,16 +256,15 @@ def build_from_module(ckpt_dir: Path, folded, calibration: np.ndarray, recipe: d
     prob = lambda z: positive_probability(z, card.temperature, card.positive_index)
     figures = {}
     for name, (paths, labels) in gate_sets.items():
-        x = _inputs(card, paths)
-        with torch.inference_mode():
-            ref = np.concatenate([model(torch.from_numpy(x[i:i + 64])).numpy() for i in range(0, len(x), 64)])
-        new = np.concatenate([runner.logits_np(x[i:i + 64]) for i in range(0, len(x), 64)])
+        x = network_inputs(card, paths)
+        new = batched(runner.logits_np, x)
+        ref = torch_logits(model, x)
         figures[name] = agreement(prob(ref), prob(new), labels, card.threshold)
     report = {"passed": all(passes(a) for a in figures.values()), "gate": GATE, "recipe": QAT_RECIPE,
               "training": recipe, "threshold": card.threshold, "sets": figures,
               "calibration_images": int(len(calibration)), "quantize_seconds": round(seconds, 1),
               "cpu": cpu_info().summary(), "weights_sha256": artefacts.weights_sha256(ckpt_dir),
-              "graph_sha256": _sha256(out)}
+              "graph_sha256": artefacts.file_sha256(out)}
     artefacts.write_json(Path(ckpt_dir) / artefacts.INT8_REPORT, report)
     card_path = Path(ckpt_dir) / CARD_FILE
     raw = json.loads(card_path.read_text())
@@ -263,15 +275,6 @@ def build_from_module(ckpt_dir: Path, folded, calibration: np.ndarray, recipe: d
                    "flags_changed": {k: v["flags_changed"] for k, v in figures.items()}}
     card_path.write_text(json.dumps(raw, indent=2) + "\n")
     return report
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
