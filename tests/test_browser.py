@@ -12,6 +12,8 @@ are in test_dashboard_app.py.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from pathlib import Path
 
@@ -180,6 +182,16 @@ def test_triage_threshold_and_review_in_a_real_browser(page, server, batch):
     _, bad_rows = grid_rows(bad_grid)
     assert [r["File"] for r in bad_rows] == [BROKEN_NAME]
     assert "not a DICOM, JPEG or PNG" in bad_rows[0]["Reason"], bad_rows
+    # the worklist CSV as the browser downloads it (made on click, outside the script run): one row per file
+    with page.expect_download(timeout=MODEL_TIMEOUT_MS) as download:
+        page.get_by_role("button", name="Download worklist CSV").click()
+    exported = {r["file"]: r for r in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))}
+    assert sorted(exported) == sorted(f.name for f in batch)
+    assert exported[BROKEN_NAME]["status"] == "error" and exported[BROKEN_NAME]["probability"] == ""
+    for name, p in probs.items():
+        assert float(exported[name]["probability"]) == pytest.approx(p, abs=5e-4)   # the grid shows 3 decimals
+        assert exported[name]["flagged"] == ("yes" if good[name][flag_col] == "FLAGGED" else "no"), name
+    assert server.proc.poll() is None, "the server went down"
     shot_upload = screenshot(page, "01_triage_after_upload.png")
 
     # ---- the sidebar threshold: re-flags the worklist without scoring anything again

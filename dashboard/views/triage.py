@@ -206,11 +206,14 @@ def _unreadable_and_export(df, thr: float, store, model_label: str) -> None:
     with_ids = e1.checkbox("Include patient identifiers in the CSV (names, IDs, birth dates)",
                            key="export_ids", value=False,
                            help="Off by default: the export then holds no patient identifier.")
+    # The CSV is made when the button is clicked, outside this script run, where st.session_state cannot
+    # be read: what it needs from the session is taken now.
+    point, wl = state.operating_point_label(), state.worklist()
     e2.download_button(
         "Download worklist CSV", icon=":material/download:", key="export_csv",
         data=lambda: worklist.export_csv(worklist.with_identifiers(df, store.identifiers) if with_ids else df,
-                                         thr, model_label, with_ids, state.operating_point_label(),
-                                         worklist.decisions_by_sha(store.worklist_decisions(state.worklist()))),
+                                         thr, model_label, with_ids, point,
+                                         worklist.decisions_by_sha(store.worklist_decisions(wl))),
         file_name="worklist_with_identifiers.csv" if with_ids else "worklist.csv", mime="text/csv",
         on_click="ignore")
 
