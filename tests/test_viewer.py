@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from engine.pacs import dicom_out
 
@@ -143,10 +144,6 @@ def test_the_sr_opens_over_the_source_with_the_probability_and_threshold(page, v
     assert series.get(dicom_out.SC_SERIES_DESCRIPTION) == "OT", series
     assert series.get(dicom_out.PM_SERIES_DESCRIPTION) == "PMAP", series    # OHIF's Parametric Map handler
 
-    page.get_by_text(dicom_out.SR_SERIES_DESCRIPTION).first.dblclick()
-    badge = page.locator('[data-cy="ModalityLoadBadge-default"]')
-    badge.wait_for(timeout=TIMEOUT_MS)
-    assert badge.inner_text().strip() == "SR"
     # The SR viewport draws the measurement group on the source image: its outline and, as text,
     # each numeric measurement (name: value to 2 decimals, unit "1"), from the SR's content tree.
     group = next(c for c in sr.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "126010")
@@ -155,9 +152,25 @@ def test_the_sr_opens_over_the_source_with_the_probability_and_threshold(page, v
         if item.ValueType == "NUM":
             values[item.ConceptNameCodeSequence[0].CodeMeaning] = float(item.MeasuredValueSequence[0].NumericValue)
     assert set(values) == {"Probability", "Threshold Value"}, values
+    texts = [f"{name}: {value:.2f}" for name, value in values.items()]
+    # On a loaded 2-core machine OHIF 3.13 sometimes draws the SR before its source image and then drops
+    # the annotation ("Measurement is invalidated, skipping..." in the console) for good; a reader would
+    # open it again, and so does the test, once.
+    for attempt in (1, 2):
+        if attempt == 2:
+            _open_study(page, viewer, str(sr.StudyInstanceUID))
+        page.get_by_text(dicom_out.SR_SERIES_DESCRIPTION).first.dblclick()
+        badge = page.locator('[data-cy="ModalityLoadBadge-default"]')
+        badge.wait_for(timeout=TIMEOUT_MS)
+        assert badge.inner_text().strip() == "SR"
+        try:
+            page.get_by_text(texts[0]).first.wait_for(timeout=TIMEOUT_MS)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2 or not any("Measurement is invalidated" in line for line in page.console_lines):
+                raise
     viewport = page.locator('[data-cy="viewport-pane"]').first
-    for name, value in values.items():
-        text = f"{name}: {value:.2f}"
+    for text in texts:
         page.get_by_text(text).first.wait_for(timeout=TIMEOUT_MS)
         assert text in viewport.inner_text(), viewport.inner_text()
     # OHIF draws it read-only: only SRs of its own tools can be loaded as tracked measurements.
