@@ -4,9 +4,14 @@ label otherwise) and the patient-wise hold-out, on metadata rows like NIH's."""
 from __future__ import annotations
 
 import csv
+import shutil
+
+import pytest
 
 from training.manifest import holdout_patient, main, nih_label, nih_rows
-from helpers import SHARED_DATA
+from helpers import ROOT, SHARED_DATA
+
+ASSETS = ROOT / "assets"
 
 
 def test_rsna_class_wins_over_nih_and_abnormal_without_opacity_is_excluded():
@@ -47,3 +52,37 @@ def test_the_real_metadata_gives_the_documented_counts(tmp_path):
     assert main(["--kermany", str(SHARED_DATA / "kermany224"), "--nih", str(nih), "--out", str(tmp_path)]) == 0
     with open(tmp_path / "nih_excluded.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 135               # 106 + 29 RSNA "No Lung Opacity / Not Normal"
+
+
+def test_a_manifest_weight_must_be_a_positive_number(tmp_path):
+    from training.data import index_manifest
+    for bad in ("0", "-1", "nan", "inf", "many"):
+        path = tmp_path / "m.csv"
+        path.write_text(f"path,label,weight\na.jpeg,normal,1\nb.jpeg,pneumonia,{bad}\n")
+        with pytest.raises(ValueError, match=r"m\.csv line 3: weight '.*' is not a positive number"):
+            index_manifest(path)
+
+
+def test_nih_weight_is_written_on_nih_training_rows_only(tmp_path):
+    kermany = tmp_path / "kermany" / "train" / "NORMAL"
+    kermany.mkdir(parents=True)
+    shutil.copy(next((ASSETS / "sample").rglob("*.jpeg")), kermany / "IM-0001-0001.jpeg")
+    rows = [{"file": f"NORMAL/{p}.jpeg", "label": "normal", "patient_id": str(p), "follow_up": "0", "age": "50",
+             "sex": "M", "view": "PA", "nih_labels": "No Finding", "original_size": "", "rsna_class": ""}
+            for p in range(40)]
+    nih = tmp_path / "nih"
+    nih.mkdir()
+    with open(nih / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "out"
+    assert main(["--kermany", str(tmp_path / "kermany"), "--nih", str(nih), "--out", str(out),
+                 "--nih-weight", "4"]) == 0
+    with open(out / "train.csv", newline="") as f:
+        weights = {(r["source"], r["weight"]) for r in csv.DictReader(f)}
+    assert weights == {("kermany", ""), ("nih", "4")}
+    with open(out / "nih_holdout.csv", newline="") as f:
+        assert {r["weight"] for r in csv.DictReader(f)} == {""}
+    with pytest.raises(SystemExit):
+        main(["--kermany", str(tmp_path / "kermany"), "--nih", str(nih), "--out", str(out), "--nih-weight", "0"])

@@ -360,9 +360,11 @@ def test_manifest_csv_input(tmp_path):
         words = label_words[f.parent.name]
         rows.append({"path": os.path.relpath(f, tmp_path / "lists"), "label": words[i % 3],
                      # two normal files declared to be one patient: they must stay together
-                     "patient_id": "shared" if f.name in (files[0].name, files[1].name) else ""})
+                     "patient_id": "shared" if f.name in (files[0].name, files[1].name) else "",
+                     # pneumonia rows drawn three times as often (the weight column is optional per row)
+                     "weight": "3" if f.parent.name == "PNEUMONIA" else ("" if i % 2 else "1")})
     (tmp_path / "lists").mkdir()
-    manifest = _write_manifest(tmp_path / "lists" / "manifest.csv", rows)
+    manifest = _write_manifest(tmp_path / "lists" / "manifest.csv", rows, ("path", "label", "patient_id", "weight"))
 
     samples = ds.index_dataset(manifest)
     assert [s.path for s in samples] == [f.resolve() for f in files]
@@ -370,12 +372,13 @@ def test_manifest_csv_input(tmp_path):
     assert {s.split for s in samples} == {"manifest"}
     assert samples[0].patient_id == samples[1].patient_id == "shared"
     assert samples[2].patient_id == ds.patient_id_from_name(files[2].name)
+    assert [s.weight for s in samples] == [3.0 if f.parent.name == "PNEUMONIA" else 1.0 for f in files]
 
     # the training CLI takes the manifest as --data-dir and trains on it
     out = tmp_path / "run"
     with single_thread():
         best = train.main(train.get_args_parser().parse_args(
-            [*TINY_ARGS, "--data-dir", str(manifest), "--out", str(out), "--epochs", "1"]))
+            [*TINY_ARGS, "--data-dir", str(manifest), "--out", str(out), "--epochs", "1", "--sampler", "weighted"]))
     split = json.loads((out / "split.json").read_text())
     sides = [{r["path"] for r in split[k]} for k in ("train", "val")]
     shared = {str(samples[0].path), str(samples[1].path)}

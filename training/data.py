@@ -24,6 +24,7 @@ class Sample:
     label: int            # 0 normal, 1 pneumonia
     patient_id: str
     split: str = ""       # the folder split it came from ("train", "val", ...), if any
+    weight: float = 1.0   # sampling weight from a manifest's optional ``weight`` column
 
 
 def label_from_folder(name: str) -> Optional[int]:
@@ -106,8 +107,21 @@ def index_manifest(csv_path: str | Path) -> list[Sample]:
                 raise ValueError(f"{csv_path} line {i}: label '{row['label']}' is not normal/pneumonia/0/1")
             path = (csv_path.parent / row["path"]).resolve()
             pid = (row.get("patient_id") or "").strip() or patient_id_from_name(path.name)
-            samples.append(Sample(path, label, pid, "manifest"))
+            samples.append(Sample(path, label, pid, "manifest", _sampling_weight(row.get("weight"), csv_path, i)))
     return samples
+
+
+def _sampling_weight(text: Optional[str], csv_path: Path, line: int) -> float:
+    """A manifest row's ``weight`` (default 1); refuses what is not a positive finite number."""
+    if text is None or not str(text).strip():
+        return 1.0
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = float("nan")
+    if not (0 < weight < float("inf")):
+        raise ValueError(f"{csv_path} line {line}: weight '{text}' is not a positive number")
+    return weight
 
 
 def index_dataset(source: str | Path, splits: Optional[Iterable[str]] = None) -> list[Sample]:

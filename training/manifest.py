@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 from training.data import index_folder
 
 RSNA_POLICY = {"lung opacity": "pneumonia", "normal": "normal", "no lung opacity / not normal": None}
-MANIFEST_COLUMNS = ["path", "label", "patient_id", "source", "view", "age", "label_origin"]
+MANIFEST_COLUMNS = ["path", "label", "patient_id", "source", "view", "age", "label_origin", "weight"]
 
 
 class NihLabel(NamedTuple):
@@ -80,7 +80,7 @@ def kermany_rows(kermany_dir: Path, splits: tuple[str, ...] = ("train", "val")) 
 def write_manifest(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -91,9 +91,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--nih", required=True, help="nih-cxr folder with metadata.csv")
     p.add_argument("--out", required=True, help="folder for train.csv, nih_holdout.csv, nih_excluded.csv")
     p.add_argument("--nih-holdout", type=float, default=0.2, help="share of NIH patients never trained on")
+    p.add_argument("--nih-weight", type=float, default=1.0, metavar="W",
+                   help="sampling weight of each NIH training row (train with --sampler weighted)")
     args = p.parse_args(argv)
+    if not args.nih_weight > 0:
+        p.error("--nih-weight must be a positive number")
     out = Path(args.out)
     n_train, n_held, n_excl = nih_rows(Path(args.nih), args.nih_holdout)
+    for row in n_train:
+        row["weight"] = f"{args.nih_weight:g}"
     write_manifest(kermany_rows(Path(args.kermany)) + n_train, out / "train.csv")
     write_manifest(n_held, out / "nih_holdout.csv")
     write_manifest(n_excl, out / "nih_excluded.csv")

@@ -77,7 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-splits", default="train,val", help="folder splits pooled before the patient-wise split")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--loss", choices=["weighted_ce", "ce", "focal"], default="weighted_ce")
-    p.add_argument("--sampler", choices=["shuffle", "balanced"], default="shuffle")
+    p.add_argument("--sampler", choices=["shuffle", "balanced", "weighted"], default="shuffle",
+                   help="balanced: equal classes; weighted: the manifest's weight column (e.g. adults drawn more often)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.998, help="EMA decay of the weights per step (0: off)")
     p.add_argument("--grad-clip", type=float, default=2.0)
@@ -375,18 +376,22 @@ def _build_loss_fn(args: argparse.Namespace, data: _Data, policy: DevicePolicy
     return loss_fn.to(policy.device), teacher
 
 
-def _build_sampler(args: argparse.Namespace, ctx: _Context, train_y: torch.Tensor, g: torch.Generator):
-    """Which training images each step draws: shuffled, class-balanced, or split across DDP ranks."""
-    n = len(train_y)
+def _build_sampler(args: argparse.Namespace, ctx: _Context, data: _Data, g: torch.Generator):
+    """Which training images each step draws: shuffled, class-balanced, manifest-weighted, or split
+    across DDP ranks."""
+    n = len(data.train_y)
     if ctx.world > 1:
         sampler = DistributedSampler(range(n), num_replicas=ctx.world, rank=ctx.rank, seed=args.seed)
-        if args.sampler == "balanced":
-            raise SystemExit("--sampler balanced is not supported with several processes (DDP); use the "
+        if args.sampler != "shuffle":
+            raise SystemExit(f"--sampler {args.sampler} is not supported with several processes (DDP); use the "
                              "default class-weighted loss")
         return sampler
     if args.sampler == "balanced":
-        w = (1.0 / torch.bincount(train_y).float())[train_y]
+        w = (1.0 / torch.bincount(data.train_y).float())[data.train_y]
         return WeightedRandomSampler(w, n, generator=g)
+    if args.sampler == "weighted":
+        return WeightedRandomSampler(torch.tensor([s.weight for s in data.train], dtype=torch.double), n,
+                                     generator=g)
     return RandomSampler(range(n), generator=g)
 
 
@@ -422,7 +427,7 @@ def _build_trainer(args: argparse.Namespace, ctx: _Context, data: _Data) -> _Tra
                                                          equalize_p=args.augment_equalize,
                                                          clahe_p=args.augment_clahe)
     g = torch.Generator().manual_seed(args.seed)
-    sampler = _build_sampler(args, ctx, data.train_y, g)
+    sampler = _build_sampler(args, ctx, data, g)
     loader, per_rank = _build_loader(args, ctx, data, augment, sampler)
     scheduler = _build_scheduler(args, optimizer, len(loader))
     return _Trainer(model, ema, net, optimizer, scheduler, loss_fn, teacher, scaler, augment, g, sampler,
