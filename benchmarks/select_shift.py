@@ -173,7 +173,7 @@ def apply(ckpt: str, card_thr: float, adult_thr: float | None, dev: list[dict]) 
     read_card(ckpt)                                   # still a valid card
     c = read_card(ckpt)
     profile = fit_profile("kermany-test-dev", [r["label"] for r in dev], [r["probability"] for r in dev], PROFILE_RULE,
-                          model=f"{c.name} {c.version}".strip(), source="kermany-test-dev (dev half of the official test split)")
+                          model=c.label, source="kermany-test-dev (dev half of the official test split)")
     print("profile:", save_profile(profile, SHIPPED_PROFILES_DIR), profile.summary())
 
 

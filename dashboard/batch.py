@@ -16,7 +16,7 @@ import pandas as pd
 
 from engine.inputs import limits
 from engine.errors import ImageReadError
-from engine.worklist.ingest import (cached_item, ingest, result_from_prediction, score_files,  # noqa: F401 (re-exported)
+from engine.worklist.ingest import (cached_item, ingest, score_files,  # noqa: F401 (re-exported)
                                      score_pending)
 from engine.inference.predictor import Predictor
 from engine.inputs.sources import InputItem, error_item, is_zip_bytes, iter_zip

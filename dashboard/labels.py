@@ -13,11 +13,6 @@ import re
 _DESCRIPTION = re.compile(r"\s*\([^()]*\)")
 
 
-def model_label(card) -> str:
-    """The label recorded with every decision and site profile: the card's name and version."""
-    return f"{card.name} {card.version}".strip()
-
-
 def short_label(label: str) -> str:
     """A recorded label as pages show it: its parenthesised description left out."""
     short = _DESCRIPTION.sub("", str(label)).strip()

@@ -17,8 +17,7 @@ import numpy as np
 import streamlit as st
 
 from engine.model.checkpoint import DEFAULT_MODEL_DIR, load_val_predictions_path
-from engine.decode.pool import default_pool
-from engine.image import DecodedImage
+from engine.decode.pool import DecodedStudy, default_pool
 from engine.worklist.ingest import checkpoint_fingerprint
 from engine.worklist.store import Store, default_root
 
@@ -153,31 +152,18 @@ def presets(ref: ModelRef, card, saved: dict[str, float]) -> list[Preset]:
     return base + build_presets(card.threshold, None, None, saved)[1:]
 
 
-@dataclass(frozen=True)
-class StudyImages:
-    """One study ready for review: a display-size copy and the exact model input."""
-
-    display: np.ndarray          # float32 [0, 1], longest side <= DISPLAY_MAX_PX
-    model_input: np.ndarray      # (S, S) float32, the preprocessing's resize of the full image
-    image: DecodedImage          # metadata, identifiers, warnings (pixels dropped)
-    raw: Optional[np.ndarray] = None   # grayscale DICOM: modality-LUT values at the display size
-
-
-def _decode_study(item: InputItem, image_size: int, max_side: int) -> StudyImages:
-    study = default_pool().decode(item.read(), item.name, image_size=image_size, display_max_side=max_side)
-    img = study.image
-    slim = DecodedImage(img.name, np.empty((0, 0), np.float32), img.metadata, img.identifiers, img.warnings)
-    return StudyImages(img.pixels, study.model_input, slim, img.modality_values)
+def _decode_study(item: InputItem, image_size: int, max_side: int) -> DecodedStudy:
+    return default_pool().decode(item.read(), item.name, image_size=image_size, display_max_side=max_side)
 
 
 @st.cache_data(max_entries=16, show_spinner="Decoding the image…")
-def study_images(sha256: str, image_size: int, _item: InputItem, _prep) -> StudyImages:
+def study_images(sha256: str, image_size: int, _item: InputItem, _prep) -> DecodedStudy:
     """Decode one study in a decoding worker at display size (cached by content hash and input size)."""
     return _decode_study(_item, image_size, DISPLAY_MAX_PX)
 
 
 @st.cache_data(max_entries=3, show_spinner="Decoding the full-resolution image…")
-def study_full_resolution(sha256: str, image_size: int, _item: InputItem, _prep) -> StudyImages:
+def study_full_resolution(sha256: str, image_size: int, _item: InputItem, _prep) -> DecodedStudy:
     """The same at the file's own resolution (up to ``FULL_RES_MAX_PX``) for the linked zoom view;
     few kept, as each is tens of MB. Read again from the store's file cache, never re-uploaded."""
     return _decode_study(_item, image_size, FULL_RES_MAX_PX)
@@ -191,7 +177,7 @@ def heatmap(model_key: str, sha256: str, method: str, _explainer, _model_input: 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def viewer_payload(model_key: str, sha256: str, image_size: int, method: str, colormap: str, opacity: float,
-                   min_heat: float, name: str, overlay_caption: str, _imgs: StudyImages, _heat: np.ndarray) -> dict:
+                   min_heat: float, name: str, overlay_caption: str, _imgs: DecodedStudy, _heat: np.ndarray) -> dict:
     """What Review's viewer is sent for a study and display settings (cached: a rerun on the same study
     does not pack its pixels again)."""
     from dashboard import viewer

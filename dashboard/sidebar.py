@@ -49,7 +49,7 @@ def _threshold_section(ref: resources.ModelRef) -> None:
     card = resources.predictor(ref).card
     st.subheader("Decision threshold")
     state.sync_threshold(ref.key, card.threshold)
-    sites = {state.site_preset_name(p): p.threshold for p in list_profiles() if p.model == labels.model_label(card)}
+    sites = {state.site_preset_name(p): p.threshold for p in list_profiles() if p.model == card.label}
     presets = resources.presets(ref, card, sites)
     options = state.register_presets(presets)
     st.selectbox("Operating point", options, key=state.PRESET, on_change=state.apply_preset, persist_state="session",

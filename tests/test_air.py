@@ -319,7 +319,8 @@ def test_a_stored_score_is_reused_and_the_file_decoded_for_its_images_only(score
     values = {m.name.value: m.value for m in group.get_measurements()}
     assert values["122157"] == pytest.approx(0.123456, abs=1e-9)                  # the stored score
     assert pred.probability != pytest.approx(0.123456, abs=1e-3)
-    same_score = dataclasses.replace(pred, probability=0.123456, warnings=("a stored warning",))
+    same_score = dataclasses.replace(pred, result=dataclasses.replace(pred.result, probability=0.123456,
+                                                                      warnings=("a stored warning",)))
     full = scored.writer.objects(data, same_score, REVIEW)[1]        # the capture is labelled with the score
     assert sc.PixelData == full.PixelData
     # the outbox's rebuild after a restart reuses it too, given the receiver's model key

@@ -48,12 +48,12 @@ class FakePredictor:
             try:
                 img = read_image(data, item.name)
             except ImageReadError as exc:
-                yield Prediction(item.name, "error", None, str(exc), sha256=sha)
+                yield Prediction.refused(item.name, str(exc), sha)
                 continue
             self.scored.append(item.name)
             p = int(sha[:8], 16) / 0xFFFFFFFF
-            yield Prediction(item.name, "ok", p, "", img.warnings, sha, img.metadata, img.identifiers,
-                             img if keep_images else None)
+            yield Prediction.scored(item.name, sha, p, img.warnings, img.metadata, identifiers=img.identifiers,
+                                    image=img if keep_images else None)
             if progress:
                 progress(done, total)
 
@@ -182,8 +182,7 @@ def test_worklist_export_writes_the_clis_results_row():
     df = W.build_worklist([study("high.dcm", "2" * 64, "ok", 0.9, warnings=("Modality CT is not a radiograph",),
                                  metadata=meta)])
     [row] = list(csv.DictReader(io.StringIO(W.export_csv(df, 0.5, "m 1.0"))))
-    pred = Prediction("high.dcm", "ok", 0.9, warnings=("Modality CT is not a radiograph",), sha256="2" * 64,
-                      metadata=meta)
+    pred = Prediction.scored("high.dcm", "2" * 64, 0.9, ("Modality CT is not a radiograph",), meta)
     assert list(row)[:len(CSV_COLUMNS)] == CSV_COLUMNS
     assert {k: row[k] for k in CSV_COLUMNS} == prediction_row(pred, 0.5, "m 1.0")
 

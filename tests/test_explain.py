@@ -145,3 +145,21 @@ def test_grad_cam_from_the_last_stage_input_equals_grad_cam_on_the_whole_network
     whole = explainer.explain_images([p.model_input for p in preds])
     stage = explainer.explain_stages([p.stage_input for p in preds])
     np.testing.assert_allclose(stage, whole, atol=1e-4)
+
+
+def test_the_results_writer_takes_grad_cam_from_the_graphs_layer3_output():
+    """A C-STORE'd study forwarded as SR and capture, or ``engine.predict --dicom-out``: the writer's map
+    is the one from layer3's output the exported graph returned (no second pass of the whole network)."""
+    from engine.model.device import plain_policy
+    from engine.inference.predictor import Predictor
+    from engine.inputs.sources import iter_inputs
+    from engine.pacs.dicom_out import ResultWriter
+    from helpers import DICOMS, SHIPPED_MODEL
+    predictor = Predictor.from_checkpoint(SHIPPED_MODEL, backend="onnx")
+    [pred] = list(predictor.predict_stream(iter_inputs([DICOMS[0]]), keep_images=True))
+    assert pred.stage_input is not None
+    explainer = Explainer(predictor.model, predictor.card, plain_policy())
+    writer = ResultWriter(predictor, explainer=explainer)
+    heat = writer.heat(pred)
+    np.testing.assert_array_equal(heat, explainer.explain_stages([pred.stage_input])[0])
+    np.testing.assert_allclose(heat, explainer.explain_images([pred.model_input])[0], atol=1e-4)

@@ -407,3 +407,21 @@ def test_our_own_results_are_known_by_their_series_not_by_the_manufacturer(recei
         assert row.result.status == "ok"
     for ds in (capture, other_model):
         assert _named(receiver.store, ds) == []
+
+
+def test_headers_kept_for_forwarding_are_bounded_in_number_and_size(real_dicoms):
+    """The receiver keeps each arrival's parsed header until its results are forwarded (so the file is
+    not read and parsed again), never more than its bound, and never a header bloated by large values."""
+    from engine.pacs.dicom_out import source_header_sized
+    from engine.pacs.receive import HEADER_KEPT_MAX_BYTES, HeaderCache
+    data = next(iter(real_dicoms.values())).read_bytes()
+    header, size = source_header_sized(data)
+    assert 0 < size < len(data)                                    # the header only, not the pixels
+    cache = HeaderCache(2)
+    for sha in ("a", "b", "c"):
+        cache.keep(sha, header, size)
+    assert cache.take("a") is None                                 # the oldest went
+    assert cache.take("c") is header and cache.take("c") is None   # taken once
+    cache.keep("big", header, HEADER_KEPT_MAX_BYTES + 1)
+    assert cache.take("big") is None
+    assert HeaderCache(0).take("x") is None

@@ -225,7 +225,7 @@ def render() -> None:
     g5, g6 = st.columns(2)
     g5.plotly_chart(figures.calibration_figure(bins, ece), key="fig_calibration", config=figures.CHART_CONFIG)
     with g6:
-        _site_profile_section(ls, labels.model_label(card), _source_label(ls))
+        _site_profile_section(ls, card.label, _source_label(ls))
     _profiles_table()
 
 

@@ -205,7 +205,7 @@ def render() -> None:
     if rec is None or item is None:
         st.error("This study is no longer in the worklist.")
         return
-    model_label = labels.model_label(pred.card)
+    model_label = pred.card.label
     _decision_bar(rec, model_label, thr, queue)         # first: it arrives with the study's name
     shown = _study_view(rec, item, sha, ref, pred, thr)
     with st.expander("Decision history, warnings in full, heatmap alone and the study header", expanded=False):

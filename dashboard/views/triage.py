@@ -227,7 +227,7 @@ def render() -> None:
     thr = state.threshold()
     store = resources.store()
     wl = state.worklist()
-    model_label = labels.model_label(pred.card)
+    model_label = pred.card.label
     st.title("Triage")
     files = _uploader()
     pacs_panel.pacs_source(store)

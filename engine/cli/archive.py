@@ -155,7 +155,7 @@ class ArchiveScorer:
                 import torch
                 torch.set_num_threads(threads)
             card = self.predictor.card
-            self.model_label = f"{card.name} {card.version}".strip()
+            self.model_label = card.label
             self.explainer = self.predictor.load_explainer() if heatmaps else None
         self.include_identifiers = include_identifiers
         self.batch_size = batch_size

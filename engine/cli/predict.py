@@ -151,7 +151,7 @@ def _write_results(args: argparse.Namespace, predictor, threshold: float, overri
     columns = CSV_COLUMNS + (IDENTIFIER_COLUMNS if args.include_identifiers else [])
     counts = {"ok": 0, "error": 0, "flagged": 0}
     points = predictor.card.operating_points
-    model_label = f"{predictor.card.name} {predictor.card.version}".strip()
+    model_label = predictor.card.label
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         write_row = row_writer(f, columns)

@@ -63,6 +63,16 @@ class DecodedStudy:
     image: DecodedImage
     model_input: Optional[np.ndarray] = None
 
+    @property
+    def display(self) -> np.ndarray:
+        """The display copy (float32 [0, 1])."""
+        return self.image.pixels
+
+    @property
+    def raw(self) -> Optional[np.ndarray]:
+        """Grayscale DICOM: the modality-LUT values at the display copy's size (None otherwise)."""
+        return self.image.modality_values
+
 
 def shrink_to(pixels: np.ndarray, max_side: int) -> np.ndarray:
     """Shrink (never enlarge) a float [0, 1] image so that its longest side is at most ``max_side``."""

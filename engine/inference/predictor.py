@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -23,13 +23,14 @@ import numpy as np
 from engine.inputs import limits
 from engine.inference.backends import BackendChoice, choose_for_checkpoint
 from engine.model.checkpoint import DEFAULT_MODEL_DIR, ModelCard, read_card
-from engine.decode.pool import DecodePool, default_pool
+from engine.decode.pool import DecodedStudy, DecodePool, default_pool
 from engine.errors import ImageReadError
-from engine.image import DecodedImage, PatientIdentifiers, StudyMetadata
+from engine.image import DecodedImage
 from engine.model.ood import FeatureOOD
 from engine.inputs.sources import InputItem
 from engine.model.probability import positive_probability
 from engine.settings import settings
+from engine.study import Prediction
 
 if TYPE_CHECKING:   # torch is imported only by the torch backend, Grad-CAM, or ``.model``
     import torch
@@ -43,28 +44,6 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, Optional[int]], None]   # (done, total or None)
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """The outcome for one input file. ``probability`` is None when ``status == "error"``."""
-
-    name: str
-    status: str                                   # "ok" or "error"
-    probability: Optional[float] = None
-    message: str = ""
-    warnings: tuple[str, ...] = ()
-    sha256: str = ""
-    metadata: StudyMetadata = field(default_factory=StudyMetadata)
-    identifiers: PatientIdentifiers = field(default_factory=PatientIdentifiers)
-    image: Optional[DecodedImage] = None          # ``keep_images=True``: pixels are a display copy
-    model_input: Optional[np.ndarray] = None      # ``keep_images=True``: the (S, S) network input
-    ood_distance: Optional[float] = None          # feature distance from the training images (engine.model.ood)
-    stage_input: Optional[np.ndarray] = None      # ``keep_images=True`` on ONNX: the last stage's input (Grad-CAM)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
 class Scores(NamedTuple):
     """What one pass of the network gives for a list of images."""
 
@@ -75,11 +54,21 @@ class Scores(NamedTuple):
 
 @dataclass
 class _Decoded:
+    """One input between the decoding threads and the network: its decoded study, or why there is none."""
+
     item_name: str
     sha256: str = ""
-    tensor: Optional[np.ndarray] = None           # resized (S, S) float32
-    image: Optional[DecodedImage] = None
+    study: Optional[DecodedStudy] = None
     error: str = ""
+
+    @property
+    def tensor(self) -> Optional[np.ndarray]:
+        """The resized (S, S) float32 network input."""
+        return None if self.study is None else self.study.model_input
+
+    @property
+    def image(self) -> Optional[DecodedImage]:
+        return None if self.study is None else self.study.image
 
 
 def fuse_for_inference(model: "nn.Module") -> "nn.Module":
@@ -310,7 +299,7 @@ class Predictor:
             return _Decoded(item.name, digest, error=str(exc))
         except Exception as exc:  # a pool bug must not take the batch down
             return _Decoded(item.name, digest, error=f"{item.name}: could not be decoded ({type(exc).__name__})")
-        return _Decoded(item.name, digest, study.model_input, study.image)
+        return _Decoded(item.name, digest, study)
 
     def predict_stream(self, items: Iterable[InputItem], *, batch_size: int = 32,
                        decode_workers: int = 2, keep_images: bool = False,
@@ -358,11 +347,12 @@ class Predictor:
         objects need (``keep_images=True`` in :meth:`predict_stream` otherwise)."""
         d = self._decode(item, keep_images=True)
         if d.error:
-            return Prediction(d.item_name, "error", None, d.error, sha256=d.sha256)
+            return Prediction.refused(d.item_name, d.error, d.sha256)
         img = d.image
         kept = img.pixels.size > 0
-        return Prediction(d.item_name, "ok", float(probability), "", tuple(warnings), d.sha256, img.metadata,
-                          img.identifiers, img if kept else None, d.tensor if kept else None)
+        return Prediction.scored(d.item_name, d.sha256, probability, tuple(warnings), img.metadata,
+                                 identifiers=img.identifiers, image=img if kept else None,
+                                 model_input=d.tensor if kept else None)
 
     def predict_items(self, items: Iterable[InputItem], **kwargs) -> list[Prediction]:
         return list(self.predict_stream(items, **kwargs))
@@ -370,7 +360,7 @@ class Predictor:
     def _to_prediction(self, d: _Decoded, prob: Optional[float], distance: Optional[float] = None,
                        stage: Optional[np.ndarray] = None) -> Prediction:
         if d.error:
-            return Prediction(d.item_name, "error", None, d.error, sha256=d.sha256)
+            return Prediction.refused(d.item_name, d.error, d.sha256)
         img = d.image
         kept = img.pixels.size > 0
         warnings = img.warnings
@@ -380,6 +370,8 @@ class Predictor:
         note = self.ood.warning(float(distance)) if distance is not None and self.ood is not None else None
         if note:
             warnings = warnings + (note,)
-        return Prediction(d.item_name, "ok", float(prob), "", warnings, d.sha256, img.metadata,
-                          img.identifiers, img if kept else None, d.tensor if kept else None,
-                          None if distance is None else float(distance), stage if kept else None)
+        return Prediction.scored(d.item_name, d.sha256, prob, warnings, img.metadata,
+                                 identifiers=img.identifiers, image=img if kept else None,
+                                 model_input=d.tensor if kept else None,
+                                 ood_distance=None if distance is None else float(distance),
+                                 stage_input=stage if kept else None)

@@ -66,6 +66,11 @@ class ModelCard:
         Population.from_card_extra(self.extra)
 
     @property
+    def label(self) -> str:
+        """The model as every output records it (CSV, SR, decisions, site profiles): name and version."""
+        return f"{self.name} {self.version}".strip()
+
+    @property
     def population(self) -> Population:
         """Whom the model was trained on (``engine.model.population``): the age warnings follow it."""
         return Population.from_card_extra(self.extra)

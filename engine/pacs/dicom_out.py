@@ -163,15 +163,21 @@ class Finding:
 
 def source_header(data: bytes, name: str = "the file") -> Dataset:
     """The source's header (no pixel data read) with the UIDs a result needs; NotDicomError if not."""
+    return source_header_sized(data, name)[0]
+
+
+def source_header_sized(data: bytes, name: str = "the file") -> tuple[Dataset, int]:
+    """:func:`source_header` and how many bytes of the file it spans (what keeping it in memory costs)."""
+    stream = io.BytesIO(data)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        ds = pydicom.dcmread(stream, stop_before_pixels=True)
     except Exception as exc:
         raise NotDicomError(f"{name}: not a DICOM file ({type(exc).__name__})") from None
     missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
                if not str(ds.get(k, "") or "").strip()]
     if missing:
         raise NotDicomError(f"{name}: the DICOM header has no {', '.join(missing)}")
-    return ds
+    return ds, stream.tell()
 
 
 _UID_CHARS = frozenset("0123456789.")
@@ -639,10 +645,12 @@ class ResultWriter:
                        tuple(warnings), review)
 
     def heat(self, prediction) -> Optional[np.ndarray]:
-        """The Grad-CAM map (network-input grid, 0-1) of a prediction kept with its images; else None."""
+        """The Grad-CAM map (network-input grid, 0-1) of a prediction kept with its images; else None.
+        From the exported graph's layer3 output when the prediction carries it (layer4 and the head only)."""
         if prediction.model_input is None:
             return None
-        return self.explainer.explain_images([prediction.model_input])[0]
+        from engine.inference.heatmap_files import explain_predictions
+        return explain_predictions(self.explainer, [prediction])[0]
 
     def picture(self, prediction, heat: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Original | Grad-CAM overlay (RGB uint8) from a prediction's display copy and network input."""
@@ -652,13 +660,14 @@ class ResultWriter:
         heat = self.heat(prediction) if heat is None else heat
         return side_by_side(prediction.image.pixels, heat, opacity=self.opacity, min_value=self.heat_cutoff)
 
-    def objects(self, data: bytes, prediction, review: Optional[Review] = None,
+    def objects(self, data: Union[bytes, Dataset], prediction, review: Optional[Review] = None,
                 heat: Optional[np.ndarray] = None) -> list[Dataset]:
         """[SR, SC, PM] for a scored DICOM file; NotDicomError for other inputs; [] for a refused file.
 
+        ``data``: the source's bytes, or its header when the caller has parsed it already (the receiver).
         ``heat``: this prediction's Grad-CAM map when the caller already has it (Review's cache), so it
         is not computed again; it must be this explainer's map of ``prediction.model_input``."""
-        source = source_header(data, prediction.name)
+        source = data if isinstance(data, Dataset) else source_header(data, prediction.name)
         if not prediction.ok:
             return []
         finding = self.finding(prediction.probability, prediction.warnings, review, prediction.metadata.age_band)

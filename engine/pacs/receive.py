@@ -62,9 +62,10 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from engine.inputs import limits
 from engine.inference.backends import CHOICES as BACKEND_CHOICES
@@ -461,6 +462,35 @@ def discard_partial(event) -> None:
 # ------------------------------------------------------------------------------------------------
 # The receiver
 
+HEADERS_KEPT = 512                   # source headers kept between arrival and forwarding
+HEADER_KEPT_MAX_BYTES = 256 * 1024   # a larger header (a few kB is usual) is read again from the store instead
+
+
+class HeaderCache:
+    """The headers parsed when images arrive, kept (at most ``size``, oldest dropped; none over
+    ``HEADER_KEPT_MAX_BYTES``, so memory stays bounded) until their results are forwarded, so that
+    forwarding neither reads nor parses the file again. A header not kept, or one from before a
+    restart, is read from the store instead."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._headers: "OrderedDict[str, Any]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, sha256: str, header, header_bytes: int) -> None:
+        if self.size <= 0 or header_bytes > HEADER_KEPT_MAX_BYTES:
+            return
+        with self._lock:
+            self._headers[sha256] = header
+            self._headers.move_to_end(sha256)
+            while len(self._headers) > self.size:
+                self._headers.popitem(last=False)
+
+    def take(self, sha256: str):
+        with self._lock:
+            return self._headers.pop(sha256, None)
+
+
 class Receiver:
     """The C-STORE/C-ECHO service and its scoring thread (one store, one model)."""
 
@@ -488,9 +518,10 @@ class Receiver:
         self._writer = None
         self._server = None
         self._worker: Optional[threading.Thread] = None
-        self.model_label = f"{predictor.card.name} {predictor.card.version}".strip()
+        self.model_label = predictor.card.label
         self.courier = self._courier() if forward is not None else None
         self.stats = {"received": 0, "refused": 0, "scored": 0, "forwarded": 0}
+        self._headers = HeaderCache(HEADERS_KEPT if forward is not None else 0)
 
     def _courier(self):
         """The outbox's courier to ``self.forward``: objects written again from the store when retried."""
@@ -572,7 +603,7 @@ class Receiver:
         return status
 
     def _store(self, event, peer: str) -> int:
-        from engine.pacs.dicom_out import NotDicomError, source_header
+        from engine.pacs.dicom_out import NotDicomError, source_header_sized
         from pydicom.uid import UID
         requested = str(event.request.AffectedSOPClassUID)
         not_kept = f"{UID(requested).name} is not a radiograph storage class"
@@ -587,7 +618,7 @@ class Receiver:
             return self._refuse(peer, OUT_OF_RESOURCES, short)
         data = self._read(event)
         try:
-            header = source_header(data, "the dataset")
+            header, header_bytes = source_header_sized(data, "the dataset")
         except NotDicomError as exc:
             return self._refuse(peer, CANNOT_UNDERSTAND, str(exc).replace("the dataset: ", ""))
         if str(header.SOPClassUID) != requested:
@@ -598,16 +629,18 @@ class Receiver:
             return SUCCESS
         if requested not in self.storage_classes:
             return self._refuse(peer, REFUSED_SOP_CLASS, not_kept)
-        self._keep(data, name)
+        sha = self._keep(data, name)
+        self._headers.keep(sha, header, header_bytes)
         log.info("received %s from %s (%s, %s)", name, peer, header.get("Modality", "?"), limits.fmt_mb(len(data)))
         return SUCCESS
 
-    def _keep(self, data: bytes, name: str) -> None:
+    def _keep(self, data: bytes, name: str) -> str:
         sha = self.store.put_file(data)
         if not self.store.has_study(None, name, sha):
             self._add_row(data, name, sha)
         self.stats["received"] += 1
         self._queue.put((sha, name))
+        return sha
 
     def _add_row(self, data: bytes, name: str, sha: str) -> None:
         """A new inbox row; when other content arrived under the same name (SOP Instance UID) before,
@@ -695,8 +728,7 @@ class Receiver:
                 log.info("scored %s: P(pneumonia) %.3f (%s at %.3f)", name, pred.probability,
                          "flagged" if flag_rule(pred.probability, thr) else "not flagged", thr)
             else:
-                log.warning("scored %s: refused by the decoder (%s)", name,
-                            pred.message.replace(pred.name + ": ", "")[:300])
+                log.warning("scored %s: refused by the decoder (%s)", name, pred.result.message[:300])
             if self.forward is not None and pred.ok:
                 self._forward(sha, name, pred)
 
@@ -706,7 +738,9 @@ class Receiver:
 
     def _forward(self, sha: str, name: str, pred) -> None:
         """Send the results just queued in the outbox for ``sha``; a failure is recorded there, and retried."""
-        sent = self.courier.send_now(sha, lambda: self.writer.objects(self.store.read_file(sha), pred))
+        header = self._headers.take(sha)      # parsed on arrival: the file is not read again to forward it
+        sent = self.courier.send_now(sha, lambda: self.writer.objects(
+            header if header is not None else self.store.read_file(sha), pred))
         if sent:
             self.stats["forwarded"] += sent
             log.info("results of %s sent to %s", name, self.forward)

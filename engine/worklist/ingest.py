@@ -23,7 +23,7 @@ from engine.model.checkpoint import CARD_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE
 from engine.errors import CheckpointError, ImageReadError
 from engine.inference.predictor import Prediction, Predictor
 from engine.inputs.sources import InputItem
-from engine.worklist.store import Result, Store, StoreError, Worklist
+from engine.worklist.store import Store, StoreError, Worklist
 from engine.decode.pool import shrink_to as fit_within   # one resize for display copies
 
 MAX_FILES = limits.MAX_BATCH_FILES
@@ -122,15 +122,6 @@ def ingest(store: Store, worklist: Optional[Worklist], items: Iterable[InputItem
 # ------------------------------------------------------------------------------------------------
 # Scoring
 
-def result_from_prediction(p: Prediction) -> Result:
-    """A result to keep: the refusal's reason without the file name (another user may upload the
-    same bytes under another name; names stay with the study rows)."""
-    if not p.ok:
-        prefix = f"{p.name}: "
-        return Result("error", None, p.message[len(prefix):] if p.message.startswith(prefix) else p.message)
-    return Result("ok", float(p.probability), "", tuple(p.warnings), p.metadata)
-
-
 def score_files(store: Store, files: dict[str, str], predictor: Predictor, model_key: str, *,
                 progress: Optional[Progress] = None, batch_size: int = 16,
                 on_prediction: Optional[OnPrediction] = None, rescore: bool = False,
@@ -152,7 +143,7 @@ def score_files(store: Store, files: dict[str, str], predictor: Predictor, model
                                       keep_images=True, progress=progress, total=len(shas))
     for sha, pred in zip(shas, stream):
         thumb = thumbnail_data_uri(pred.image.pixels) if pred.ok and pred.image is not None else ""
-        store.put_result(sha, model_key, result_from_prediction(pred), thumbnail=thumb,
+        store.put_result(sha, model_key, pred.result, thumbnail=thumb,
                          identifiers=pred.identifiers if pred.ok else None,
                          outbox=(outbox or {}).get(sha, ()) if pred.ok else ())
         if on_prediction is not None:

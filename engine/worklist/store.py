@@ -52,6 +52,7 @@ from engine.errors import StoreDamaged, StoreError  # noqa: F401  (part of this 
 from engine.inputs import limits
 from engine.image import PatientIdentifiers, StudyMetadata
 from engine.settings import settings
+from engine.study import Result
 
 DB_NAME = "store.sqlite3"
 REVIEW_STATUSES = ("unreviewed", "agreed", "disagreed")
@@ -167,17 +168,6 @@ class ArchiveReceipt:
 class Worklist:
     id: int
     reviewer: str = ""
-
-
-@dataclass(frozen=True)
-class Result:
-    """The outcome of scoring one file with one model."""
-
-    status: str                                   # "ok" or "error"
-    probability: Optional[float] = None
-    message: str = ""
-    warnings: tuple[str, ...] = ()
-    metadata: StudyMetadata = field(default_factory=StudyMetadata)
 
 
 @dataclass(frozen=True)
