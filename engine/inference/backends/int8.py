@@ -144,16 +144,35 @@ def _attention_only(model) -> list[str]:
             and ".attn." in f".{n.input[1].removeprefix('net.')}"]
 
 
+def conv_nodes(fp32: Path) -> list[tuple[str, str]]:
+    """(node name, weight name) of every convolution of an exported graph, in graph order."""
+    import onnx
+    graph = onnx.load(str(fp32), load_external_data=False)
+    return [(n.name, n.input[1].removeprefix("net.")) for n in graph.graph.node
+            if n.op_type == "Conv" and len(n.input) > 1]
+
+
 def quantize(fp32: Path, out: Path, calibration: np.ndarray, batch: int = 16, *,
              whole: bool = False) -> None:
     """``whole``: every convolution but CBAM's attention in INT8, with 7-bit weights (ONNX Runtime's
     ``reduce_range``: u8 x s7 products cannot saturate the 16-bit sums of AVX2 without VNNI, so every
     x86 CPU computes the same integers); else the cache recipe (:data:`RECIPE`)."""
     import onnx
+    graph = onnx.load(str(fp32), load_external_data=False)
+    excluded = _attention_only(graph) if whole else _excluded_nodes(graph)
+    quantize_except(fp32, out, calibration, excluded, batch, reduce_range=whole)
+
+
+def quantize_except(fp32: Path, out: Path, calibration: np.ndarray, keep_float: Sequence[str], batch: int = 16,
+                    *, reduce_range: bool = True, method: str = "minmax") -> None:
+    """Every convolution in INT8 (QDQ, per-channel weights, uint8 activations) but the nodes named in
+    ``keep_float``; activation ranges by ``method`` ("minmax", "percentile" or "entropy")."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     batch = max(1, min(batch, len(calibration)))   # equal batches: the calibrator stacks them
     batches = [calibration[i:i + batch] for i in range(0, len(calibration) - batch + 1, batch)]
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -162,14 +181,11 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, batch: int = 16, *,
         def get_next(self):
             return next(self.it, None)
 
-    graph = onnx.load(str(fp32), load_external_data=False)
-    excluded = _attention_only(graph) if whole else _excluded_nodes(graph)
-
     def write(tmp: str) -> None:
         quantize_static(str(fp32), tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=whole, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
-                        nodes_to_exclude=excluded)
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], op_types_to_quantize=["Conv"],
+                        nodes_to_exclude=list(keep_float))
     artefacts.atomic_write(out, write)
 
 
