@@ -11,8 +11,8 @@ activations calibrated on the checkpoint's validation images only), compared wit
 
 1. the whole network (CBAM's attention always in float) under each calibration method;
 2. each of the 20 ResNet convolutions alone in INT8, with the best method of step 1;
-3. convolutions added least sensitive first; the longest prefix that passes the gate with a margin
-   (largest probability difference at most ``--margin`` times 0.02) is searched by bisection;
+3. convolutions added least sensitive first, each kept only if the set still passes the gate with a
+   margin (largest probability difference at most ``--margin`` times 0.02), else left in float;
 4. the chosen graph timed against float32 on this CPU (ONNX Runtime, one batch of 32, best of 5).
 
 What this cannot show: the speed on another CPU. ONNX Runtime picks its INT8 kernels by the CPU's
@@ -93,12 +93,31 @@ def _time(path: Path, x: np.ndarray) -> float:
     return len(x) / best
 
 
+def _steps_1_and_2(trial: Trial, main_convs, macs: dict, methods: Sequence[str], report: dict
+                   ) -> tuple[str, dict[str, float]]:
+    """The whole network under each calibration method, then each convolution alone with the best one."""
+    whole = {n for n, _ in main_convs}
+    report["whole"] = {}
+    for method in methods:
+        r = trial(whole, method)
+        report["whole"][method] = {k: r[k] for k in ("max_probability_difference", "flags_changed", "auc_difference")}
+        print(f"whole network, {method}: largest difference {r['max_probability_difference']:.4f}, "
+              f"{r['flags_changed']} flags changed")
+    method = min(report["whole"], key=lambda m: report["whole"][m]["max_probability_difference"])
+    single = {}
+    for name, weight in main_convs:
+        single[name] = trial({name}, method)["max_probability_difference"]
+        print(f"  {weight:32s} alone: {single[name]:.4f}  ({macs[name] / 1e6:.0f} M multiply-adds)")
+    return method, single
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--dev-dir", type=Path)
-    ap.add_argument("--images", type=int, default=256, help="gate images per set (evenly spaced)")
+    ap.add_argument("--images", type=int, default=256, help="gate images per set, evenly spaced (0: all)")
+    ap.add_argument("--order-from", type=Path, help="take steps 1-2 (method, each convolution alone) from a report")
     ap.add_argument("--calibration", type=int, default=64, help="validation images that calibrate")
     ap.add_argument("--margin", type=float, default=0.75, help="search target: this share of the gate's 0.02")
     ap.add_argument("--methods", default="minmax,percentile,entropy")
@@ -116,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     macs = {n: _macs(w, weights[w]) for n, w in main_convs}
     sets, ref = {}, {}
     for name, (paths, labels) in int8.gate_sets(args.checkpoint, args.data_dir, args.dev_dir).items():
-        keep = _evenly(len(paths), args.images)
+        keep = _evenly(len(paths), args.images or len(paths))
         x = int8.network_inputs(card, [paths[i] for i in keep])
         sets[name] = (x, labels[keep])
         ref[name] = positive_probability(int8.torch_logits(model, x), card.temperature, card.positive_index)
@@ -126,39 +145,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report: dict = {"cpu": cpu_info().summary(), "images": {k: len(v[1]) for k, v in sets.items()},
                     "calibration_images": len(calibration), "gate": int8.GATE}
 
-    whole = {n for n, _ in main_convs}
-    report["whole"] = {}
-    for method in args.methods.split(","):
-        r = trial(whole, method)
-        report["whole"][method] = {k: r[k] for k in ("max_probability_difference", "flags_changed", "auc_difference")}
-        print(f"whole network, {method}: largest difference {r['max_probability_difference']:.4f}, "
-              f"{r['flags_changed']} flags changed")
-    method = min(report["whole"], key=lambda m: report["whole"][m]["max_probability_difference"])
-
-    single = {}
-    for name, weight in main_convs:
-        r = trial({name}, method)
-        single[name] = r["max_probability_difference"]
-        print(f"  {weight:32s} alone: {single[name]:.4f}  ({macs[name] / 1e6:.0f} M multiply-adds)")
-    report["single"] = {w: round(single[n], 5) for n, w in main_convs}
-
-    order = sorted(single, key=single.get)
-    target = args.margin * int8.GATE["max_probability_difference"]
-    lo, hi, best = 0, len(order), None
-    while lo < hi:                    # the longest passing prefix (differences grow with the prefix)
-        mid = (lo + hi + 1) // 2
-        r = trial(set(order[:mid]), method)
-        ok = r["passes"] and r["max_probability_difference"] <= target
-        print(f"  first {mid} least sensitive in INT8: {r['max_probability_difference']:.4f} "
-              f"({'passes' if ok else 'fails'} the search target {target:.3f})")
-        if ok:
-            lo, best = mid, (mid, r)
-        else:
-            hi = mid - 1
-    total = sum(macs.values())
-    chosen = order[:lo]
-    share = sum(macs[n] for n in chosen) / total
     names = dict(main_convs)
+    by_weight = {w: n for n, w in main_convs}
+    if args.order_from:                      # steps 1 and 2 as an earlier run measured them
+        earlier = json.loads(args.order_from.read_text())
+        method, report["whole"] = earlier["method"], earlier["whole"]
+        single = {by_weight[w]: d for w, d in earlier["single"].items()}
+        print(f"steps 1-2 from {args.order_from}: method {method}")
+    else:
+        method, single = _steps_1_and_2(trial, main_convs, macs, args.methods.split(","), report)
+    report["single"] = {names[n]: round(single[n], 5) for n in single}
+
+    target = args.margin * int8.GATE["max_probability_difference"]
+    chosen, best = [], None
+    for name in sorted(single, key=single.get):   # least sensitive first; one that breaks the target is skipped
+        r = trial(set(chosen) | {name}, method)
+        ok = r["passes"] and r["max_probability_difference"] <= target
+        print(f"  + {names[name]:32s} {r['max_probability_difference']:.4f}, {r['flags_changed']} flags changed: "
+              f"{'kept' if ok else 'left in float'}")
+        if ok:
+            chosen.append(name)
+            best = (len(chosen), r)
+    total = sum(macs.values())
+    share = sum(macs[n] for n in chosen) / total
     report["method"] = method
     report["chosen_int8"] = [names[n] for n in chosen]
     report["int8_share_of_multiply_adds"] = round(share, 3)

@@ -238,6 +238,36 @@ def test_qat_writes_a_gated_int8_graph_into_the_checkpoint(tiny_run, tmp_path):
     assert int8.ready(ckpt) == report["passed"]
 
 
+def test_an_int8_graph_of_chosen_convolutions_is_gated_into_the_checkpoint(tiny_run, tmp_path):
+    """engine.inference.backends.int8 --convs (the route benchmarks/int8_sensitivity.py chooses for):
+    the named convolutions in INT8 and no other, the gate on every image, the card's record; an unknown
+    name is refused naming it."""
+    import shutil
+
+    import onnx
+
+    from engine.inference.backends import artefacts, int8
+    from engine.model.checkpoint import read_card
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_run / "best", ckpt)
+    fp32 = artefacts.onnx_path(ckpt, read_card(ckpt))
+    convs = [w for _, w in int8.conv_nodes(fp32) if ".attn." not in f".{w}"]
+    chosen = convs[-2:]
+    with single_thread():
+        code = int8.main(["--checkpoint", str(ckpt), "--data-dir", str(SAMPLE), "--convs", ",".join(chosen)])
+    report = json.loads((ckpt / artefacts.INT8_REPORT).read_text())
+    assert code == (0 if report["passed"] else 1) and report["int8_convolutions"] == chosen
+    assert report["sets"]["validation"]["n"] == len(json.loads((tiny_run / "split.json").read_text())["val"])
+    graph = onnx.load(str(ckpt / artefacts.INT8_FILE)).graph
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    in_int8 = {n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantised}
+    assert in_int8 == {name for name, w in int8.conv_nodes(fp32) if w in chosen}
+    assert json.loads((ckpt / "model_card.json").read_text())["int8"]["passed"] == report["passed"]
+    assert int8.ready(ckpt) == report["passed"]
+    with pytest.raises(SystemExit, match="no convolution with weights nonsense.weight"):
+        int8.main(["--checkpoint", str(ckpt), "--data-dir", str(SAMPLE), "--convs", "nonsense.weight"])
+
+
 # ------------------------------------------------------------------ patient-wise split
 
 def test_patient_ids_from_real_file_names():

@@ -21,7 +21,10 @@ BF16, ...; or OpenVINO not installed       graph (on AVX2, 1.3x torch's best flo
 Two rows were never timed against OpenVINO on their CPUs (the AMX Xeon and the AVX2-only EPYC were
 measured with torch and ONNX Runtime only). There, when OpenVINO is installed, the first prediction
 times the table's choice against OpenVINO on this CPU and uses OpenVINO only where it was at least
-10% faster (:mod:`engine.inference.backends.measured`; kept, so once per CPU and weights).
+10% faster (:mod:`engine.inference.backends.measured`; kept, so once per CPU and weights). On a CPU
+without 8-bit dot products (the AVX2-only row), a checkpoint's own INT8 graph that passed its gate
+joins that timing as a third candidate: INT8 halves the multiply-adds' cost there only in theory, and
+its quantize/dequantize steps cost time, so it is used only where it measured faster here.
 
 ``onnx-int8`` (ONNX Runtime on a statically quantised graph) is chosen only where an INT8
 artefact was built for these weights *and* passed its agreement gate against float32 on the
@@ -118,9 +121,9 @@ def openvino_available() -> bool:
 class BackendChoice:
     name: str       # one of BACKENDS
     reason: str
-    # A backend never timed against this one on this kind of CPU: :mod:`engine.inference.backends.measured`
-    # times the two once on first use and keeps the faster (None: the table's choice stands).
-    challenger: Optional[str] = None
+    # Backends never timed against this one on this kind of CPU: :mod:`engine.inference.backends.measured`
+    # times them once on first use and keeps the fastest (none: the table's choice stands).
+    challengers: tuple[str, ...] = ()
 
 
 def choose_backend(prefer: Optional[str] = None, *, int8_ready: bool = False) -> BackendChoice:
@@ -141,7 +144,7 @@ def choose_backend(prefer: Optional[str] = None, *, int8_ready: bool = False) ->
     if "amx_bf16" in cpu.flags:
         return BackendChoice("torch", f"the CPU has AMX ({cpu.kind}): torch bfloat16 + channels_last "
                                       "is the fastest measured path there",
-                             "openvino" if openvino_available() else None)
+                             ("openvino",) if openvino_available() else ())
     if cpu.native_bf16 and openvino_available():
         return BackendChoice("openvino", f"native bfloat16 without AMX ({cpu.kind}): OpenVINO bfloat16 "
                                          "is the fastest measured path there (and starts without torch)")
@@ -151,9 +154,11 @@ def choose_backend(prefer: Optional[str] = None, *, int8_ready: bool = False) ->
     if int8_ready and cpu.int8_dot:
         return BackendChoice("onnx-int8", f"no AMX, 8-bit dot products ({cpu.kind}) and an INT8 graph "
                                           "that passed its agreement gate")
+    # Without 8-bit dot products (AVX2 only) a gated INT8 graph is timed against float32 here: it does
+    # half the multiply-adds' work per instruction but pays for its quantize/dequantize steps.
+    challengers = (("openvino",) if openvino_available() else ()) + (("onnx-int8",) if int8_ready else ())
     return BackendChoice("onnx", f"no AMX ({cpu.kind}): ONNX Runtime float32 is the fastest measured "
-                                 "path there (and starts without torch)",
-                         "openvino" if openvino_available() else None)
+                                 "path there (and starts without torch)", challengers)
 
 
 def choose_for_checkpoint(ckpt_dir: str | Path, card, prefer: Optional[str] = None) -> BackendChoice:
@@ -162,11 +167,11 @@ def choose_for_checkpoint(ckpt_dir: str | Path, card, prefer: Optional[str] = No
     once (:mod:`engine.inference.backends.measured`)."""
     from engine.inference.backends import int8, measured
     choice = choose_backend(prefer, int8_ready=int8.ready(ckpt_dir, card))
-    if choice.challenger is None:
+    if not choice.challengers:
         return choice
     try:
         return measured.timed_choice(ckpt_dir, card, choice)
     except Exception as exc:   # cannot export or time here: keep the table's choice
-        log.warning("%s and %s not timed (%s: %s); using %s", choice.name, choice.challenger,
+        log.warning("%s and %s not timed (%s: %s); using %s", choice.name, ", ".join(choice.challengers),
                     type(exc).__name__, exc, choice.name)
         return choice

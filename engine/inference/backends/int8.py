@@ -18,6 +18,10 @@ The graph and a report (``int8_report.json``: the figures, the gate, passed or n
 into the checkpoint's artefact folder (:mod:`engine.inference.backends.artefacts`); :func:`ready` is true
 only when the report says passed, so a graph that fails is kept for inspection but never chosen.
 Building needs torch, onnx and onnxruntime; using the result needs onnxruntime only.
+
+``--convs W1,W2,... --dev-dir DIR`` builds into the checkpoint itself instead, with exactly those
+convolutions in INT8 (as ``benchmarks/int8_sensitivity.py`` chose them, least sensitive first), gated on
+every validation and dev-half image; a checkpoint's own graph is preferred to the cache's.
 """
 
 from __future__ import annotations
@@ -256,10 +260,6 @@ def build_from_module(ckpt_dir: Path, folded, calibration: np.ndarray, recipe: d
     against the checkpoint's float32 network on every image of every gate set, write the report
     beside it and record the gate in the card (``int8``)."""
     import tempfile
-
-    from engine.inference.backends.ort import OrtRunner
-    from engine.model.checkpoint import CARD_FILE, load_checkpoint
-    from engine.model.probability import positive_probability
     card = read_card(ckpt_dir)
     out = Path(ckpt_dir) / artefacts.INT8_FILE
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,25 +267,61 @@ def build_from_module(ckpt_dir: Path, folded, calibration: np.ndarray, recipe: d
         t = time.perf_counter()
         quantize(fp32, out, calibration, whole=True)
         seconds = time.perf_counter() - t
+    return gate_into_checkpoint(ckpt_dir, QAT_RECIPE, gate_sets, {"training": recipe},
+                                calibration_images=len(calibration), quantize_seconds=seconds)
+
+
+def build_selected(ckpt_dir: Path, int8_weights: Sequence[str], gate_sets: dict[str, tuple[list[Path], np.ndarray]],
+                   calibration_images: int = 64, method: str = "minmax") -> dict:
+    """The checkpoint's exported graph with the convolutions named by their weights (e.g. ``layer4.0.conv2.weight``,
+    as ``benchmarks/int8_sensitivity.py`` chose them) in INT8 and the rest in float, calibrated on evenly
+    spaced validation images, gated on every image of every gate set, written into the checkpoint."""
+    card = read_card(ckpt_dir)
+    convs = conv_nodes(artefacts.onnx_path(ckpt_dir, card))
+    unknown = sorted(set(int8_weights) - {w for _, w in convs})
+    if unknown:
+        raise SystemExit(f"--convs: no convolution with weights {', '.join(unknown)} in this network")
+    paths = gate_sets["validation"][0]
+    every = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), calibration_images)).round().astype(int))
+    calibration = network_inputs(card, [paths[i] for i in every])
+    keep = [name for name, weight in convs if weight not in set(int8_weights)]
+    t = time.perf_counter()
+    quantize_except(artefacts.onnx_path(ckpt_dir, card), Path(ckpt_dir) / artefacts.INT8_FILE, calibration, keep,
+                    method=method)
+    recipe = (f"QDQ, per-channel 7-bit symmetric weights, uint8 activations, {method} calibration on "
+              f"{len(calibration)} validation images; INT8: {len(int8_weights)} convolutions chosen least "
+              f"sensitive first ({', '.join(w.removesuffix('.weight') for w in int8_weights)}); float: the "
+              "rest and CBAM's attention")
+    return gate_into_checkpoint(ckpt_dir, recipe, gate_sets, {"int8_convolutions": list(int8_weights)},
+                                calibration_images=len(calibration), quantize_seconds=time.perf_counter() - t)
+
+
+def gate_into_checkpoint(ckpt_dir: Path, recipe: str, gate_sets: dict[str, tuple[list[Path], np.ndarray]],
+                         extra: dict, *, calibration_images: int, quantize_seconds: float) -> dict:
+    """Gate the checkpoint's own ``model.int8.onnx`` against its float32 network on every image of every
+    gate set; write the report beside it and record the gate in the card (``int8``)."""
+    from engine.inference.backends.ort import OrtRunner
+    from engine.model.checkpoint import CARD_FILE, load_checkpoint
+    from engine.model.probability import positive_probability
+    card = read_card(ckpt_dir)
+    out = Path(ckpt_dir) / artefacts.INT8_FILE
     model, _ = load_checkpoint(ckpt_dir)
     runner = OrtRunner(out, "onnx-int8")
     prob = lambda z: positive_probability(z, card.temperature, card.positive_index)
     figures = {}
     for name, (paths, labels) in gate_sets.items():
         x = network_inputs(card, paths)
-        new = batched(runner.logits_np, x)
-        ref = torch_logits(model, x)
-        figures[name] = agreement(prob(ref), prob(new), labels, card.threshold)
-    report = {"passed": all(passes(a) for a in figures.values()), "gate": GATE, "recipe": QAT_RECIPE,
-              "training": recipe, "threshold": card.threshold, "sets": figures,
-              "calibration_images": int(len(calibration)), "quantize_seconds": round(seconds, 1),
-              "cpu": cpu_info().summary(), "weights_sha256": artefacts.weights_sha256(ckpt_dir),
-              "graph_sha256": artefacts.file_sha256(out)}
+        figures[name] = agreement(prob(torch_logits(model, x)), prob(batched(runner.logits_np, x)), labels,
+                                  card.threshold)
+    report = {"passed": all(passes(a) for a in figures.values()), "gate": GATE, "recipe": recipe, **extra,
+              "threshold": card.threshold, "sets": figures, "calibration_images": int(calibration_images),
+              "quantize_seconds": round(quantize_seconds, 1), "cpu": cpu_info().summary(),
+              "weights_sha256": artefacts.weights_sha256(ckpt_dir), "graph_sha256": artefacts.file_sha256(out)}
     artefacts.write_json(Path(ckpt_dir) / artefacts.INT8_REPORT, report)
     card_path = Path(ckpt_dir) / CARD_FILE
     raw = json.loads(card_path.read_text())
     raw["int8"] = {"file": artefacts.INT8_FILE, "report": artefacts.INT8_REPORT, "passed": report["passed"],
-                   "recipe": QAT_RECIPE, "gate": GATE, "graph_sha256": report["graph_sha256"],
+                   "recipe": recipe, "gate": GATE, "graph_sha256": report["graph_sha256"],
                    "max_probability_difference": {k: round(v["max_probability_difference"], 4)
                                                   for k, v in figures.items()},
                    "flags_changed": {k: v["flags_changed"] for k, v in figures.items()}}
@@ -300,7 +336,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--data-dir", type=Path, required=True, help="where the validation images are (searched)")
     ap.add_argument("--calibration-every", type=int, default=4)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N validation images")
+    ap.add_argument("--convs", default="", metavar="W1,W2,...",
+                    help="build into the checkpoint itself, with these convolutions (by weight name, as "
+                         "benchmarks/int8_sensitivity.py chose them) in INT8 and the rest in float")
+    ap.add_argument("--dev-dir", type=Path, help="with --convs: also gate on these NORMAL/PNEUMONIA images")
     args = ap.parse_args(argv)
+    if args.convs:
+        report = build_selected(args.checkpoint, [w.strip() for w in args.convs.split(",") if w.strip()],
+                                gate_sets(args.checkpoint, args.data_dir, args.dev_dir))
+        print(json.dumps(report, indent=1))
+        return 0 if report["passed"] else 1
     paths, labels = validation_files(args.checkpoint, args.data_dir)
     if args.limit:
         paths, labels = paths[:args.limit], labels[:args.limit]

@@ -32,15 +32,16 @@ from engine.model.checkpoint import DEFAULT_MODEL_DIR, ModelCard, read_card
 BATCH = 16
 REPEATS = 3
 MARGIN = 1.10   # the challenger replaces the table's choice only when at least 10% faster (2 cores are noisy)
-LABELS = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
+LABELS = {"onnx": "ONNX Runtime", "onnx-int8": "ONNX Runtime INT8", "openvino": "OpenVINO", "torch": "torch"}
 
 
 def _versions(names: Sequence[str]) -> str:
     """The candidates' installed versions, read from their package metadata (importing torch to ask
     would cost the second that OpenVINO saves on AMX)."""
     from importlib.metadata import version
-    packages = {"onnx": "onnxruntime", "openvino": "openvino", "torch": "torch"}
-    return "; ".join(f"{packages[n]} {version(packages[n]).split('+')[0]}" for n in names)
+    packages = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "openvino": "openvino", "torch": "torch"}
+    wanted = dict.fromkeys(packages[n] for n in names)
+    return "; ".join(f"{p} {version(p).split('+')[0]}" for p in wanted)
 
 
 def timing_path(ckpt_dir: str | Path, card: Optional[ModelCard], names: Sequence[str]) -> Path:
@@ -56,6 +57,10 @@ def _runner(name: str, ckpt_dir: str | Path, card: ModelCard):
         from engine.model.checkpoint import load_checkpoint
         from engine.model.device import select_policy
         return TorchRunner(load_checkpoint(ckpt_dir)[0], select_policy())
+    if name == "onnx-int8":
+        from engine.inference.backends import int8
+        from engine.inference.backends.ort import OrtRunner
+        return OrtRunner(int8.int8_path(ckpt_dir, card), "onnx-int8")
     graph = artefacts.onnx_path(ckpt_dir, card)
     if name == "onnx":
         from engine.inference.backends.ort import OrtRunner
@@ -82,10 +87,10 @@ def measure(ckpt_dir: str | Path, card: ModelCard, names: Sequence[str], *, repl
     p = card.preprocessing
     x = np.random.default_rng(0).standard_normal((BATCH, p.in_channels, p.image_size, p.image_size)).astype(np.float32)
     rates = {name: images_per_second(_runner(name, ckpt_dir, card), x) for name in names}
-    table, challenger = names
+    table, fastest = names[0], max(names[1:], key=rates.get)
     record = {"cpu": backends.cpu_info().summary(), "versions": _versions(names), "batch": BATCH,
               "repeats": REPEATS, "images_per_second": {k: round(v, 1) for k, v in rates.items()},
-              "margin": MARGIN, "choice": challenger if rates[challenger] >= MARGIN * rates[table] else table,
+              "margin": MARGIN, "choice": fastest if rates[fastest] >= MARGIN * rates[table] else table,
               "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = timing_path(ckpt_dir, card, names)
     if replace:
@@ -103,16 +108,16 @@ def recorded(ckpt_dir: str | Path, card: Optional[ModelCard], names: Sequence[st
 
 
 def timed_choice(ckpt_dir: str | Path, card: ModelCard, table: BackendChoice) -> BackendChoice:
-    """The table's choice, or its challenger where that timed at least 10% faster on this CPU."""
-    if table.challenger is None:
+    """The table's choice, or the fastest challenger where that timed at least 10% faster on this CPU."""
+    if not table.challengers:
         return table
-    names = (table.name, table.challenger)
+    names = (table.name, *table.challengers)
     record = recorded(ckpt_dir, card, names) or measure(ckpt_dir, card, names)
     rates = record["images_per_second"]
     figures = (", ".join(f"{LABELS[n]} {rates[n]:.0f} img/s" for n in names) +
                f" for the network alone, timed here on {record['measured'][:10]}")
-    if record["choice"] == table.challenger:
-        return BackendChoice(table.challenger, f"{backends.cpu_info().kind}: {figures}")
+    if record["choice"] != table.name:
+        return BackendChoice(record["choice"], f"{backends.cpu_info().kind}: {figures}")
     return BackendChoice(table.name, f"{table.reason}; {figures}")
 
 
@@ -121,20 +126,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--candidates", default="",
-                    help="two backends to time, the table's first (default: this CPU's, e.g. onnx,openvino)")
+                    help="backends to time, the table's first (default: this CPU's, e.g. onnx,openvino,onnx-int8)")
     ap.add_argument("--again", action="store_true", help="time again, replacing the record")
     args = ap.parse_args(argv)
     card = read_card(args.checkpoint)
     if args.candidates:
         names = tuple(args.candidates.split(","))
     else:
-        table = backends.choose_backend()
-        if table.challenger is None:
+        from engine.inference.backends import int8
+        table = backends.choose_backend(int8_ready=int8.ready(args.checkpoint, card))
+        if not table.challengers:
             print(f"nothing to time here: {table.name} ({table.reason})", file=sys.stderr)
             return 0
-        names = (table.name, table.challenger)
-    if len(names) != 2 or not set(names) <= set(LABELS):
-        print(f"error: --candidates takes two of {', '.join(LABELS)}", file=sys.stderr)
+        names = (table.name, *table.challengers)
+    if len(names) < 2 or len(set(names)) != len(names) or not set(names) <= set(LABELS):
+        print(f"error: --candidates takes two or more of {', '.join(LABELS)}", file=sys.stderr)
         return 2
     record = None if args.again else recorded(args.checkpoint, card, names)
     print(json.dumps(record or measure(args.checkpoint, card, names, replace=args.again), indent=1))
