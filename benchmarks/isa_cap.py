@@ -4,7 +4,8 @@
 
 For a CPU kind that no machine here has (the AVX2-only AMD EPYC), this runs the shipped network
 (batch 32, both cores, after a warm-up, median of ``--repeats``) on torch float32 (BatchNorm folded,
-channels_last) and OpenVINO float32, each in a fresh process, uncapped and then with
+channels_last), OpenVINO float32 and OpenVINO on the checkpoint's INT8 graph (its QDQ nodes run as
+OpenVINO's low-precision convolutions), each in a fresh process, uncapped and then with
 ``ONEDNN_MAX_CPU_ISA`` (torch's oneDNN and OpenVINO's) and ``ATEN_CPU_CAPABILITY`` capped. ONNX
 Runtime's kernels cannot be capped, and OpenVINO's own kernels outside oneDNN are capped only in
 its debug builds, so the capped figures suggest which backend may win on such a CPU; they do not
@@ -30,10 +31,13 @@ def time_network(backend: str, repeats: int) -> float:
     from engine.inference.backends.measured import images_per_second
     from engine.model.checkpoint import DEFAULT_MODEL_DIR, read_card
     x = np.random.default_rng(0).standard_normal((32, 1, 224, 224)).astype(np.float32)
-    if backend == "openvino":
+    if backend.startswith("openvino"):
+        from engine.inference.backends import int8
         from engine.inference.backends.ov import OpenVinoRunner
-        runner = OpenVinoRunner(artefacts.onnx_path(DEFAULT_MODEL_DIR, read_card(DEFAULT_MODEL_DIR)),
-                                bfloat16=False)
+        card = read_card(DEFAULT_MODEL_DIR)
+        graph = int8.int8_path(DEFAULT_MODEL_DIR, card) if backend == "openvino-int8" else \
+            artefacts.onnx_path(DEFAULT_MODEL_DIR, card)
+        runner = OpenVinoRunner(graph, bfloat16=False)
     else:
         os.environ["CXR_PRECISION"] = "float32"
         from engine.inference.predictor import Predictor
@@ -57,7 +61,7 @@ def main() -> None:
                   "ATEN_CPU_CAPABILITY": args.isa.lower() if args.isa.upper() == "AVX2" else "default"}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     figures = {}
-    for backend in ("torch", "openvino"):
+    for backend in ("torch", "openvino", "openvino-int8"):
         for label, extra in (("uncapped", {}), ("capped", capped_env)):
             out = subprocess.run([sys.executable, __file__, "--child", backend, "--repeats", str(args.repeats)],
                                  env={**env, **extra}, capture_output=True, text=True, check=True)
@@ -65,6 +69,9 @@ def main() -> None:
             print(f"  {backend:<9} {label:<9} {figures[backend, label]:7.1f} img/s")
     print(f"OpenVINO / torch: uncapped {figures['openvino', 'uncapped'] / figures['torch', 'uncapped']:.2f}x, "
           f"capped {figures['openvino', 'capped'] / figures['torch', 'capped']:.2f}x")
+    print(f"the shipped INT8 graph on OpenVINO / OpenVINO float32: uncapped "
+          f"{figures['openvino-int8', 'uncapped'] / figures['openvino', 'uncapped']:.2f}x, capped "
+          f"{figures['openvino-int8', 'capped'] / figures['openvino', 'capped']:.2f}x")
 
 
 if __name__ == "__main__":
