@@ -12,7 +12,7 @@ from engine.inference.overlay import COLORMAPS, colour_scale
 from engine.worklist.store import DecisionExists, StoreError
 from engine.evaluation import metrics as M
 
-from dashboard import figures, imaging, labels, pacs_panel, resources, state, viewer, worklist
+from dashboard import figures, imaging, pacs_panel, resources, state, viewer, worklist
 from dashboard.review_queue import ReviewQueue
 from engine.settings import settings
 

@@ -71,7 +71,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
+from typing import Optional, Union
 
 import cv2
 import numpy as np
