@@ -256,10 +256,11 @@ def test_the_parametric_map_holds_the_heatmap_on_the_source_grid(scored, written
         pm = pydicom.dcmread(written[(i, "pm")])
         assert (pm.Rows, pm.Columns, pm.NumberOfFrames) == (source.Rows, source.Columns, 1)
         assert pm.StudyInstanceUID == source.StudyInstanceUID and pm.SeriesInstanceUID != source.SeriesInstanceUID
-        heat = scored.writer.explainer.explain_images([pred.model_input])[0]
+        heat = scored.writer.explainer.explain_images([pred.model_input])[0]      # Review's map
         expected = np.clip(cv2.resize(heat, (source.Columns, source.Rows), interpolation=cv2.INTER_LINEAR), 0, 1)
         values = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(pm.Rows, pm.Columns)
-        np.testing.assert_allclose(values, expected, atol=1e-6)
+        # equal, or within float tolerance where a float32 backend's layer3 output gave it
+        np.testing.assert_allclose(values, expected, atol=1e-4 if scored.writer.uses_stage_input(pred) else 1e-6)
         assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.5
         # highdicom reads it back, and the mapping is the Grad-CAM one
         back = hd.pm.ParametricMap.from_dataset(pm)
@@ -322,7 +323,8 @@ def test_a_stored_score_is_reused_and_the_file_decoded_for_its_images_only(score
     same_score = dataclasses.replace(pred, result=dataclasses.replace(pred.result, probability=0.123456,
                                                                       warnings=("a stored warning",)))
     full = scored.writer.objects(data, same_score, REVIEW)[1]        # the capture is labelled with the score
-    assert sc.PixelData == full.PixelData
+    drawn, recalled_sc = (np.frombuffer(x.PixelData, np.uint8).astype(int) for x in (full, sc))
+    assert np.abs(drawn - recalled_sc).max() <= (1 if scored.writer.uses_stage_input(pred) else 0)
     # the outbox's rebuild after a restart reuses it too, given the receiver's model key
     from engine.pacs.outbox import rebuild
     entry = SimpleNamespace(id=1, sha256=row.sha256)

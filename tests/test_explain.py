@@ -148,8 +148,9 @@ def test_grad_cam_from_the_last_stage_input_equals_grad_cam_on_the_whole_network
 
 
 def test_the_results_writer_takes_grad_cam_from_the_graphs_layer3_output():
-    """A C-STORE'd study forwarded as SR and capture, or ``engine.predict --dicom-out``: the writer's map
-    is the one from layer3's output the exported graph returned (no second pass of the whole network)."""
+    """A C-STORE'd study forwarded as SR and capture, or ``engine.predict --dicom-out``: on a float32
+    backend the writer's map is the one from layer3's output the exported graph returned (no second pass
+    of the whole network); on a reduced-precision one, the whole network's, as Review shows it."""
     from engine.model.device import plain_policy
     from engine.inference.predictor import Predictor
     from engine.inputs.sources import iter_inputs
@@ -160,6 +161,13 @@ def test_the_results_writer_takes_grad_cam_from_the_graphs_layer3_output():
     assert pred.stage_input is not None
     explainer = Explainer(predictor.model, predictor.card, plain_policy())
     writer = ResultWriter(predictor, explainer=explainer)
+    assert predictor.exact_stage_inputs                           # ONNX Runtime float32
     heat = writer.heat(pred)
     np.testing.assert_array_equal(heat, explainer.explain_stages([pred.stage_input])[0])
     np.testing.assert_allclose(heat, explainer.explain_images([pred.model_input])[0], atol=1e-4)
+    # a reduced-precision backend's layer3 output would move the map away from Review's: the whole network
+    int8_predictor = Predictor.from_checkpoint(SHIPPED_MODEL, backend="onnx-int8")
+    [quantised] = list(int8_predictor.predict_stream(iter_inputs([DICOMS[0]]), keep_images=True))
+    assert quantised.stage_input is not None and not int8_predictor.exact_stage_inputs
+    int8_writer = ResultWriter(int8_predictor, explainer=explainer)
+    np.testing.assert_array_equal(int8_writer.heat(quantised), explainer.explain_images([quantised.model_input])[0])

@@ -228,6 +228,19 @@ class Predictor:
         return self.runner.label
 
     @property
+    def exact_stage_inputs(self) -> bool:
+        """Whether the layer3 outputs this backend returns are float32's, so that Grad-CAM from them equals
+        Grad-CAM on the whole network within float tolerance (bfloat16 or INT8 ones move the map)."""
+        runner = self.runner
+        if runner.name == "onnx":
+            return True
+        if runner.name == "openvino":
+            return not runner.bfloat16
+        if runner.name == "torch":
+            return runner.policy.autocast_dtype is None
+        return False
+
+    @property
     def threshold(self) -> float:
         return self.card.threshold
 

@@ -646,11 +646,22 @@ class ResultWriter:
 
     def heat(self, prediction) -> Optional[np.ndarray]:
         """The Grad-CAM map (network-input grid, 0-1) of a prediction kept with its images; else None.
-        From the exported graph's layer3 output when the prediction carries it (layer4 and the head only)."""
+
+        The map Review shows for the study. Where everything runs in float32 (the backend's layer3 output
+        and Grad-CAM itself) it is taken from that layer3 output (layer4 and the head only, no second pass
+        of the network: equal within 1e-4); with bfloat16 or INT8 anywhere, on the whole network as Review
+        computes it, since their rounding would move the map by up to a few hundredths."""
         if prediction.model_input is None:
             return None
-        from engine.inference.heatmap_files import explain_predictions
-        return explain_predictions(self.explainer, [prediction])[0]
+        if self.uses_stage_input(prediction):
+            return self.explainer.explain_stages([prediction.stage_input])[0]
+        return self.explainer.explain_images([prediction.model_input])[0]
+
+    def uses_stage_input(self, prediction) -> bool:
+        """Whether :meth:`heat` takes this prediction's map from its layer3 output (all float32)."""
+        explainer = self.explainer
+        return (prediction.stage_input is not None and self.predictor.exact_stage_inputs
+                and explainer.explains_stages and explainer.policy.autocast_dtype is None)
 
     def picture(self, prediction, heat: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Original | Grad-CAM overlay (RGB uint8) from a prediction's display copy and network input."""
