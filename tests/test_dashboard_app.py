@@ -152,6 +152,12 @@ def test_home_shows_model_card_notice_and_threshold(app):
     assert table.loc["Sensitivity", "ci_low"] <= conf.sensitivity <= table.loc["Sensitivity", "ci_high"]
     train = frame_with(app, "patients").set_index("split")
     assert train.loc["train", "images"] == CARD.extra["training"]["train"]["n"]
+    # which backend runs the network here, and the shipped INT8 graph's gate as its card records it
+    running = " ".join(m.value for m in app.markdown)
+    from engine.inference.backends import choose_for_checkpoint
+    assert "Network: **" in running and choose_for_checkpoint(DEFAULT_MODEL_DIR, CARD).reason in running
+    gate = CARD.extra["int8"]["max_probability_difference"]
+    assert "INT8 graph: passed its gate" in running and f"{gate['validation']:.4f} on validation" in running
 
 
 def test_presets_move_the_shared_threshold(app):

@@ -25,6 +25,47 @@ def _training_table(training: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _validation_section(ref, card) -> None:
+    """The card's validation figures, recomputed from its validation predictions at its threshold."""
+    st.subheader("Validation metrics")
+    val = card.extra.get("validation", {}) or {}
+    try:
+        vset = resources.validation_set(ref, card.class_names)
+    except ValueError as exc:
+        vset = None
+        st.error(f"The model's val_predictions.csv cannot be read: {exc}")
+    if vset is not None and vset.both_classes:
+        table = metrics_table(vset, card.threshold)
+        auc_ci = val.get("auc_ci_95") or [None, None]
+        table = pd.concat([pd.DataFrame([{"metric": "AUC", "value": val.get("auc"),
+                                          "ci_low": auc_ci[0], "ci_high": auc_ci[1]}]), table])
+        st.dataframe(table, hide_index=True, column_config={
+            "value": st.column_config.NumberColumn(format="%.3f"),
+            "ci_low": st.column_config.NumberColumn("95% CI low", format="%.3f"),
+            "ci_high": st.column_config.NumberColumn("95% CI high", format="%.3f")})
+        st.caption(f"On the model's validation split: {vset.n} images ({vset.n_positive} pneumonia), "
+                   f"at the card threshold {card.threshold:.3f}. Intervals: stratified bootstrap, "
+                   "1,000 resamples. A small validation set gives wide intervals.")
+    elif val:
+        st.json({k: v for k, v in val.items() if not isinstance(v, list) or k == "auc_ci_95"})
+    else:
+        st.info("The model card records no validation metrics.")
+
+
+def _inference_section(predictor) -> None:
+    """Which backend runs the network on this machine and why, and the checkpoint's INT8 graph's gate."""
+    st.subheader("Running here")
+    st.markdown(f"- Network: **{predictor.backend_label}** ({predictor.backend.reason})")
+    int8 = predictor.card.extra.get("int8") or {}
+    if int8:
+        diffs = " / ".join(f"{v:.4f} on {k}" for k, v in (int8.get("max_probability_difference") or {}).items())
+        verdict = "passed" if int8.get("passed") else "failed (never used)"
+        st.markdown(f"- INT8 graph: {verdict} its gate against float32 (largest probability difference {diffs}; "
+                    "gate 0.02). Used automatically only where it is the faster path: a CPU with 8-bit dot "
+                    "products where bfloat16 is not faster, or one where it timed faster than float32.")
+        st.caption(int8.get("recipe", ""))
+
+
 def render() -> None:
     ref = state.model_ref()
     card = resources.predictor(ref).card
@@ -72,29 +113,8 @@ def render() -> None:
             f"- CPU: {hw.get('cpu', '—')} ({hw.get('cores', '?')} cores) · GPU: {hw.get('gpu') or 'none'}\n"
             f"- Precision: {hw.get('policy', '—')} · torch {hw.get('torch', '—')}")
 
-    st.subheader("Validation metrics")
-    val = extra.get("validation", {}) or {}
-    try:
-        vset = resources.validation_set(ref, card.class_names)
-    except ValueError as exc:
-        vset = None
-        st.error(f"The model's val_predictions.csv cannot be read: {exc}")
-    if vset is not None and vset.both_classes:
-        table = metrics_table(vset, card.threshold)
-        auc_ci = val.get("auc_ci_95") or [None, None]
-        table = pd.concat([pd.DataFrame([{"metric": "AUC", "value": val.get("auc"),
-                                          "ci_low": auc_ci[0], "ci_high": auc_ci[1]}]), table])
-        st.dataframe(table, hide_index=True, column_config={
-            "value": st.column_config.NumberColumn(format="%.3f"),
-            "ci_low": st.column_config.NumberColumn("95% CI low", format="%.3f"),
-            "ci_high": st.column_config.NumberColumn("95% CI high", format="%.3f")})
-        st.caption(f"On the model's validation split: {vset.n} images ({vset.n_positive} pneumonia), "
-                   f"at the card threshold {card.threshold:.3f}. Intervals: stratified bootstrap, "
-                   "1,000 resamples. A small validation set gives wide intervals.")
-    elif val:
-        st.json({k: v for k, v in val.items() if not isinstance(v, list) or k == "auc_ci_95"})
-    else:
-        st.info("The model card records no validation metrics.")
+    _validation_section(ref, card)
+    _inference_section(resources.predictor(ref))
 
     st.header("How to begin")
     st.markdown(
