@@ -378,6 +378,8 @@ class Store:
     def create_worklist(self, reviewer: str = "") -> tuple[str, Worklist]:
         """A new worklist and the secret token that reaches it (shown once, never stored)."""
         token = secrets.token_urlsafe(18)
+        while token.startswith("-"):          # a command line would read it as an option (--worklist -x...)
+            token = secrets.token_urlsafe(18)
         with self._tx() as con:
             cur = con.execute("INSERT INTO worklists (token_hash, reviewer, created) VALUES (?, ?, ?)",
                               (_token_hash(token), reviewer.strip()[:80], _now()))
