@@ -271,6 +271,9 @@ def test_the_log_quotes_no_identifier_from_any_library(receiver, dcm, xray, tmp_
         ds = radiograph(dcm, xray)
         assert store(debug.port, [ds]) == [0]
         _wait(lambda: str(ds.SOPInstanceUID) in debug.text(), 60, "a UID in the --debug log")
+        # stopped once its image is scored: SIGTERM lets the batch in hand finish, which on a loaded
+        # machine (the model's first load included) can outlast the stop's patience
+        _wait(lambda: "scored " in debug.text(), 120, "the image to be scored")
     finally:
         assert stop_receiver(debug) == 0
 
